@@ -1,0 +1,50 @@
+# Makefile for eo_processing (PGXS)
+#
+#   make                      build
+#   make install              install into the PostgreSQL found by pg_config (root)
+#   make installcheck         run every test suite against temporary clusters
+#                             (must run as an unprivileged user: see scripts/test)
+#
+# Extra compiler flags can be passed without editing this file, e.g.
+#   make EO_CFLAGS=-Werror
+
+EXTENSION  = eo_processing
+MODULE_big = eo_processing
+OBJS = \
+	src/eo_processing.o \
+	src/arguments.o \
+	src/keyed_table.o \
+	src/inbox.o \
+	src/producer_seq.o
+
+DATA = eo_processing--0.1.0.sql
+PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+# -Wextra, minus the two warnings PostgreSQL's own headers trip over.
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+	-Wno-sign-compare $(EO_CFLAGS)
+
+# pg_regress: sql/ and expected/ at the top level.
+REGRESS = inbox process_seq bad_input privileges objects
+REGRESS_OPTS = --temp-instance=tmp_check_regress \
+	--temp-config=$(srcdir)/test/test.conf
+
+# Isolation specs: test/isolation/{specs,expected}.
+ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
+	inbox_prepared process_seq_races
+ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
+	--outputdir=output_iso \
+	--temp-instance=tmp_check_iso \
+	--temp-config=$(srcdir)/test/test.conf
+
+# TAP: test/t/*.pl with helpers in test/perl.
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I test/perl
+
+EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

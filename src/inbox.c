@@ -1,0 +1,347 @@
+/*-------------------------------------------------------------------------
+ *
+ * inbox.c
+ *	  The inbox: deduplication of incoming messages inside the caller's own
+ *	  transaction.
+ *
+ *	  eo.process(msg_id, consumer, retain) writes a record for
+ *	  (consumer, msg_id) in the caller's transaction and returns true the
+ *	  first time; while a committed, unexpired record exists it returns
+ *	  false.  Because the record is an ordinary row written by the caller's
+ *	  transaction, it commits or rolls back together with the caller's own
+ *	  work: there is no window in which the work is done but not recorded,
+ *	  or recorded but not done.
+ *
+ *	  Concurrency (see keyed_table.c for the mechanics): a concurrent
+ *	  duplicate waits for the first writer and then returns false if it
+ *	  committed, true if it rolled back.  Under REPEATABLE READ or
+ *	  SERIALIZABLE, a record committed by a transaction the caller cannot
+ *	  see raises a serialization failure.
+ *
+ *	  Table eo.inbox (see the install script):
+ *		expires_at, processed_at, consumer, msg_id, result;
+ *		primary key (consumer, msg_id), both COLLATE "C".
+ *
+ *	  An expired record no longer deduplicates: the next eo.process() for
+ *	  that id takes it over (it is updated in place of a new insert) and
+ *	  eo.result() no longer returns its result.  eo.purge_expired() (SQL)
+ *	  deletes expired records in bulk.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type_d.h"
+#include "executor/tuptable.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "eo_processing.h"
+#include "keyed_table.h"
+
+PG_FUNCTION_INFO_V1(eo_process);
+PG_FUNCTION_INFO_V1(eo_process_retain_text);
+PG_FUNCTION_INFO_V1(eo_set_result);
+PG_FUNCTION_INFO_V1(eo_result);
+PG_FUNCTION_INFO_V1(eo_forget);
+
+/* Columns of eo.inbox, in table order (checked at every open). */
+enum
+{
+	INBOX_EXPIRES_AT,
+	INBOX_PROCESSED_AT,
+	INBOX_CONSUMER,
+	INBOX_MSG_ID,
+	INBOX_RESULT,
+	INBOX_NCOLUMNS
+};
+
+static const KeyedTableColumn inbox_columns[INBOX_NCOLUMNS] = {
+	{"expires_at", TIMESTAMPTZOID},
+	{"processed_at", TIMESTAMPTZOID},
+	{"consumer", TEXTOID},
+	{"msg_id", TEXTOID},
+	{"result", JSONBOID},
+};
+
+/*
+ * inbox_open
+ *		Open eo.inbox and put the key (consumer, msg_id) into newslot, with
+ *		the remaining columns NULL.  The caller fills the rest for writes.
+ */
+static KeyedTable *
+inbox_open(text *consumer, text *msg_id)
+{
+	KeyedTable *kt = kt_open("inbox", inbox_columns, INBOX_NCOLUMNS);
+	TupleTableSlot *slot = kt->newslot;
+
+	kt_clear_newslot(kt);
+	slot->tts_values[INBOX_CONSUMER] = PointerGetDatum(consumer);
+	slot->tts_isnull[INBOX_CONSUMER] = false;
+	slot->tts_values[INBOX_MSG_ID] = PointerGetDatum(msg_id);
+	slot->tts_isnull[INBOX_MSG_ID] = false;
+	ExecStoreVirtualTuple(slot);
+	return kt;
+}
+
+/*
+ * record_expired
+ *		Has the record in "slot" passed its expiry time?  "now" is the
+ *		caller's transaction start time, as for now() in SQL.
+ */
+static bool
+record_expired(TupleTableSlot *slot, TimestampTz now)
+{
+	bool		isnull;
+	Datum		expires = slot_getattr(slot, INBOX_EXPIRES_AT + 1, &isnull);
+
+	return !isnull && DatumGetTimestampTz(expires) <= now;
+}
+
+/*
+ * process_message
+ *		The body of eo.process(): record (consumer, msg_id) unless a live
+ *		record exists.  Returns true when the caller should do the work.
+ *
+ * Runs in the caller's transaction; writes nothing and assigns no
+ * transaction id when the message is a duplicate.
+ */
+static bool
+process_message(text *consumer, text *msg_id, TimestampTz now,
+				TimestampTz expires)
+{
+	KeyedTable *kt = inbox_open(consumer, msg_id);
+	TupleTableSlot *slot = kt->newslot;
+	bool		first;
+
+	slot->tts_values[INBOX_EXPIRES_AT] = TimestampTzGetDatum(expires);
+	slot->tts_isnull[INBOX_EXPIRES_AT] = false;
+	slot->tts_values[INBOX_PROCESSED_AT] = TimestampTzGetDatum(now);
+	slot->tts_isnull[INBOX_PROCESSED_AT] = false;
+
+	for (;;)
+	{
+		ItemPointerData tid;
+
+		if (!kt_find_existing(kt, &tid))
+		{
+			if (kt_insert_new(kt))
+			{
+				first = true;
+				break;
+			}
+			continue;			/* lost an insertion race: look again */
+		}
+
+		if (!record_expired(kt->oldslot, now))
+		{
+			first = false;		/* a live record: duplicate */
+			break;
+		}
+
+		/* An expired record: take it over as if it were not there. */
+		if (!kt_lock(kt, &tid, LockTupleExclusive))
+			continue;			/* changed meanwhile: look again */
+		if (!record_expired(kt->oldslot, now))
+		{
+			first = false;
+			break;
+		}
+		kt_update(kt);
+		first = true;
+		break;
+	}
+
+	kt_close(kt);
+	if (first)
+		CommandCounterIncrement();
+	return first;
+}
+
+/*
+ * eo.process(msg_id text, consumer text DEFAULT 'default',
+ *			  retain interval DEFAULT NULL) RETURNS boolean
+ */
+Datum
+eo_process(PG_FUNCTION_ARGS)
+{
+	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
+	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz expires;
+
+	if (PG_ARGISNULL(2))
+		expires = eo_expiry_default(now);
+	else
+		expires = eo_expiry_from_interval(now, PG_GETARG_INTERVAL_P(2));
+
+	PG_RETURN_BOOL(process_message(consumer, msg_id, now, expires));
+}
+
+/*
+ * eo.process(msg_id text, consumer text, retain text) RETURNS boolean
+ *
+ * The same, with the retention given as text so that 'infinity' can be
+ * written on PostgreSQL versions whose interval type has no infinity.
+ * Any other text is read as an interval.
+ */
+Datum
+eo_process_retain_text(PG_FUNCTION_ARGS)
+{
+	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
+	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz expires;
+
+	if (PG_ARGISNULL(2))
+		expires = eo_expiry_default(now);
+	else
+	{
+		char	   *retain = text_to_cstring(PG_GETARG_TEXT_PP(2));
+		char	   *trimmed = retain;
+		size_t		len;
+
+		while (*trimmed == ' ')
+			trimmed++;
+		len = strlen(trimmed);
+		while (len > 0 && trimmed[len - 1] == ' ')
+			len--;
+
+		if (len == strlen("infinity") &&
+			pg_strncasecmp(trimmed, "infinity", len) == 0)
+			expires = DT_NOEND;
+		else
+		{
+			Datum		interval = DirectFunctionCall3(interval_in,
+													   CStringGetDatum(retain),
+													   ObjectIdGetDatum(InvalidOid),
+													   Int32GetDatum(-1));
+
+			expires = eo_expiry_from_interval(now, DatumGetIntervalP(interval));
+		}
+	}
+
+	PG_RETURN_BOOL(process_message(consumer, msg_id, now, expires));
+}
+
+/*
+ * eo.set_result(msg_id text, result jsonb, consumer text DEFAULT 'default')
+ *	 RETURNS void
+ *
+ * Store the result of processing a message on its record, so that a later
+ * duplicate can answer with eo.result().  Normally called in the same
+ * transaction as the eo.process() that returned true.  Waits for a
+ * concurrent writer of the same record; a SQL NULL result clears it.
+ */
+Datum
+eo_set_result(PG_FUNCTION_ARGS)
+{
+	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
+	text	   *consumer = eo_text_arg(fcinfo, 2, "consumer", EO_MAX_NAME_BYTES);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	KeyedTable *kt = inbox_open(consumer, msg_id);
+	TupleTableSlot *newslot = kt->newslot;
+	TupleTableSlot *oldslot = kt->oldslot;
+
+	for (;;)
+	{
+		ItemPointerData tid;
+
+		if (!kt_find_existing(kt, &tid) || record_expired(oldslot, now))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("message \"%s\" has not been processed by consumer \"%s\"",
+							text_to_cstring(msg_id), text_to_cstring(consumer)),
+					 errhint("Call eo.process() for the message first, in the same transaction.")));
+
+		if (kt_lock(kt, &tid, LockTupleNoKeyExclusive))
+			break;
+	}
+
+	slot_getallattrs(oldslot);
+	ExecClearTuple(newslot);
+	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * INBOX_NCOLUMNS);
+	memcpy(newslot->tts_isnull, oldslot->tts_isnull, sizeof(bool) * INBOX_NCOLUMNS);
+	newslot->tts_isnull[INBOX_RESULT] = PG_ARGISNULL(1);
+	newslot->tts_values[INBOX_RESULT] = PG_ARGISNULL(1) ? (Datum) 0 :
+		PointerGetDatum(PG_GETARG_JSONB_P(1));
+	ExecStoreVirtualTuple(newslot);
+
+	kt_update(kt);
+	kt_close(kt);
+	CommandCounterIncrement();
+	PG_RETURN_VOID();
+}
+
+/*
+ * eo.result(msg_id text, consumer text DEFAULT 'default') RETURNS jsonb
+ *
+ * The result stored with eo.set_result() on the record our snapshot sees,
+ * or NULL when there is no live record or no result.  Never waits.
+ */
+Datum
+eo_result(PG_FUNCTION_ARGS)
+{
+	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
+	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	KeyedTable *kt = inbox_open(consumer, msg_id);
+	Jsonb	   *result = NULL;
+
+	if (kt_fetch_visible(kt) && !record_expired(kt->oldslot, now))
+	{
+		bool		isnull;
+		Datum		value = slot_getattr(kt->oldslot, INBOX_RESULT + 1, &isnull);
+
+		if (!isnull)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(kt->callercxt);
+
+			result = DatumGetJsonbPCopy(value);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
+	kt_close(kt);
+
+	if (result == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(result);
+}
+
+/*
+ * eo.forget(msg_id text, consumer text DEFAULT 'default') RETURNS boolean
+ *
+ * Operator tool: delete the record of (consumer, msg_id), expired or not,
+ * so the message will be processed again.  Returns false when there was
+ * no record.  Waits for a concurrent writer of the same record.
+ */
+Datum
+eo_forget(PG_FUNCTION_ARGS)
+{
+	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
+	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
+	KeyedTable *kt = inbox_open(consumer, msg_id);
+	bool		found = false;
+
+	for (;;)
+	{
+		ItemPointerData tid;
+
+		if (!kt_find_existing(kt, &tid))
+			break;
+		if (kt_lock(kt, &tid, LockTupleExclusive))
+		{
+			kt_delete(kt);
+			found = true;
+			break;
+		}
+	}
+
+	kt_close(kt);
+	if (found)
+		CommandCounterIncrement();
+	PG_RETURN_BOOL(found);
+}

@@ -1,0 +1,395 @@
+/*-------------------------------------------------------------------------
+ *
+ * keyed_table.c
+ *	  Direct row access to the extension's own tables, each identified by
+ *	  one unique index (the key).  This is the engine under eo.process()
+ *	  and eo.process_seq().
+ *
+ *	  The SQL a user would write by hand is INSERT ... ON CONFLICT.  We do
+ *	  what the executor does for that statement, minus the parts that only
+ *	  a general-purpose statement needs (parse analysis, planning, a plan
+ *	  tree, projection, permission checks on the table):
+ *
+ *	  - kt_find_existing() probes the unique index with a dirty snapshot,
+ *		waiting for any transaction that is still writing a row with the
+ *		same key, exactly as ON CONFLICT's pre-check does.  So a concurrent
+ *		duplicate blocks until the first writer commits or aborts, and the
+ *		wait obeys lock_timeout, statement_timeout and deadlock detection.
+ *	  - kt_insert_new() inserts speculatively (heap tuple, then index entry
+ *		with the uniqueness check deferred); if another backend won a race
+ *		in between, the heap tuple is "super-deleted" and the caller looks
+ *		again.  No subtransaction, no unique-violation error.
+ *	  - kt_lock() / kt_update() / kt_delete() lock an existing row with
+ *		table_tuple_lock() and change it, with the same concurrent-update
+ *		rules as UPDATE: READ COMMITTED retries, REPEATABLE READ and
+ *		SERIALIZABLE raise a serialization failure.
+ *
+ *	  Under REPEATABLE READ and SERIALIZABLE, a row with our key that was
+ *	  committed by a transaction our snapshot cannot see raises SQLSTATE
+ *	  40001: the caller must not act on (or skip because of) data it is not
+ *	  allowed to see.  This matches INSERT ... ON CONFLICT.
+ *
+ *	  Tables are accessed without permission checks on them: the SQL
+ *	  functions built on this file are the access control (EXECUTE on the
+ *	  function), so application roles need no rights on the tables and
+ *	  none of these functions has to be SECURITY DEFINER.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "executor/executor.h"
+#include "storage/lmgr.h"
+#include "utils/lsyscache.h"
+#include "access/stratnum.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "compat.h"
+#include "eo_processing.h"
+#include "keyed_table.h"
+
+/*
+ * check_layout
+ *		Make sure the table has exactly the columns this library was built
+ *		for, so a library/script version mismatch is a clear error rather
+ *		than rows written into the wrong columns.  Cheap: it only reads the
+ *		relcache entry.
+ */
+static void
+check_layout(Relation rel, const KeyedTableColumn *columns, int ncolumns)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		ok = (rel->rd_rel->relkind == RELKIND_RELATION &&
+					  desc->natts == ncolumns);
+
+	for (int i = 0; ok && i < ncolumns; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		ok = !attr->attisdropped &&
+			attr->atttypid == columns[i].type &&
+			strcmp(NameStr(attr->attname), columns[i].name) == 0;
+	}
+
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s.%s\" does not have the layout this eo_processing library expects",
+						EO_SCHEMA_NAME, RelationGetRelationName(rel)),
+				 errhint("Run ALTER EXTENSION eo_processing UPDATE, or install the library version that matches the extension.")));
+}
+
+/*
+ * kt_open
+ *		Open eo.<relname> and its indexes for modification.
+ *
+ * Takes RowExclusiveLock on the table and its indexes (held to end of
+ * transaction, as for any DML).  On return CurrentMemoryContext is the
+ * executor state's query context, so everything the caller allocates
+ * until kt_close() is freed there; kt_close() switches back.
+ */
+KeyedTable *
+kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	Oid			nspid;
+	Oid			relid = InvalidOid;
+	Relation	rel;
+	EState	   *estate;
+	KeyedTable *kt;
+
+	if (!ActiveSnapshotSet())
+		elog(ERROR, "eo_processing: no active snapshot");
+
+	nspid = get_namespace_oid(EO_SCHEMA_NAME, true);
+	if (OidIsValid(nspid))
+		relid = get_relname_relid(relname, nspid);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"%s.%s\" does not exist", EO_SCHEMA_NAME, relname),
+				 errhint("Is the eo_processing extension installed in this database?")));
+
+	rel = table_open(relid, RowExclusiveLock);
+	check_layout(rel, columns, ncolumns);
+
+	estate = CreateExecutorState();
+	MemoryContextSwitchTo(estate->es_query_cxt);
+
+	estate->es_output_cid = GetCurrentCommandId(true);
+	estate->es_snapshot = GetActiveSnapshot();
+
+	kt = palloc0(sizeof(KeyedTable));
+	kt->rel = rel;
+	kt->estate = estate;
+	kt->callercxt = callercxt;
+	kt->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(kt->rri, rel, 1, NULL, 0);
+	/* speculative = true: prepare the unique index for ON CONFLICT checks */
+	ExecOpenIndices(kt->rri, true);
+
+	kt->newslot = table_slot_create(rel, &estate->es_tupleTable);
+	kt->oldslot = table_slot_create(rel, &estate->es_tupleTable);
+
+	return kt;
+}
+
+/*
+ * kt_close
+ *		Release everything kt_open() set up.  Locks stay until end of
+ *		transaction.  Must be called in the context kt_open() left current.
+ */
+void
+kt_close(KeyedTable *kt)
+{
+	MemoryContext callercxt = kt->callercxt;
+	EState	   *estate = kt->estate;
+	Relation	rel = kt->rel;
+
+	ExecCloseIndices(kt->rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	MemoryContextSwitchTo(callercxt);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+}
+
+/*
+ * kt_clear_newslot
+ *		Empty newslot so the caller can fill tts_values/tts_isnull and then
+ *		call ExecStoreVirtualTuple().
+ */
+void
+kt_clear_newslot(KeyedTable *kt)
+{
+	TupleTableSlot *slot = kt->newslot;
+
+	ExecClearTuple(slot);
+	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+}
+
+/*
+ * check_visible
+ *		Under REPEATABLE READ or SERIALIZABLE, refuse to act on a row that
+ *		was committed by a transaction our snapshot cannot see.  Rows written
+ *		by our own transaction are always acceptable.
+ */
+static void
+check_visible(KeyedTable *kt, TupleTableSlot *slot)
+{
+	Datum		xmin_datum;
+	bool		isnull;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+	if (table_tuple_satisfies_snapshot(kt->rel, slot, kt->estate->es_snapshot))
+		return;
+
+	xmin_datum = slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull);
+	Assert(!isnull);
+	if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xmin_datum)))
+		return;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access due to concurrent update"),
+			 errdetail("A row of \"%s.%s\" with the same key was committed by a transaction this transaction's snapshot cannot see.",
+					   EO_SCHEMA_NAME, RelationGetRelationName(kt->rel)),
+			 errhint("Retry the transaction.")));
+}
+
+/*
+ * kt_find_existing
+ *		Look for a row with newslot's key.
+ *
+ * Waits for transactions that are still inserting, updating or deleting a
+ * row with this key, then returns false if there is none, or true with the
+ * row in oldslot and its TID in *tid.  The row found is either committed
+ * or written by our own transaction.  The row is not locked.
+ */
+bool
+kt_find_existing(KeyedTable *kt, ItemPointer tid)
+{
+	ItemPointerData conflict;
+
+	ItemPointerSetInvalid(&conflict);
+	if (ExecCheckIndexConstraints(kt->rri, kt->newslot, kt->estate,
+								  &conflict, NIL))
+		return false;
+
+	if (!table_tuple_fetch_row_version(kt->rel, &conflict, SnapshotAny,
+									   kt->oldslot))
+		elog(ERROR, "eo_processing: could not fetch row (%u,%u) of \"%s\"",
+			 ItemPointerGetBlockNumber(&conflict),
+			 ItemPointerGetOffsetNumber(&conflict),
+			 RelationGetRelationName(kt->rel));
+
+	check_visible(kt, kt->oldslot);
+	*tid = conflict;
+	return true;
+}
+
+/*
+ * kt_insert_new
+ *		Insert newslot, unless a row with the same key appeared since the
+ *		last kt_find_existing() (then nothing is inserted and false is
+ *		returned; the caller looks again).
+ *
+ * The heap tuple carries a speculative-insertion token while the index
+ * entry is added, so that concurrent inserters of the same key wait for
+ * us only for this short moment, not until we commit, if we back out.
+ */
+bool
+kt_insert_new(KeyedTable *kt)
+{
+	TransactionId xid = GetCurrentTransactionId();
+	uint32		token;
+	bool		conflict = false;
+	List	   *recheck;
+
+	token = SpeculativeInsertionLockAcquire(xid);
+	table_tuple_insert_speculative(kt->rel, kt->newslot,
+								   kt->estate->es_output_cid, 0, NULL, token);
+	recheck = EO_ExecInsertIndexTuples(kt->rri, kt->newslot, kt->estate,
+									   false, true, &conflict, NIL);
+	table_tuple_complete_speculative(kt->rel, kt->newslot, token, !conflict);
+	SpeculativeInsertionLockRelease(xid);
+	list_free(recheck);
+
+	return !conflict;
+}
+
+/*
+ * kt_lock
+ *		Lock the row at *tid in the given mode, waiting for concurrent
+ *		writers, and load it into oldslot.
+ *
+ * Returns false when the row was updated or deleted by a transaction that
+ * committed while we waited (READ COMMITTED: the caller starts over with
+ * kt_find_existing()).  Under REPEATABLE READ / SERIALIZABLE that case
+ * raises a serialization failure instead, as UPDATE does.
+ */
+bool
+kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+{
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	result = table_tuple_lock(kt->rel, tid, kt->estate->es_snapshot,
+							  kt->oldslot, kt->estate->es_output_cid,
+							  mode, LockWaitBlock, 0, &tmfd);
+	switch (result)
+	{
+		case TM_Ok:
+			check_visible(kt, kt->oldslot);
+			return true;
+
+		case TM_Updated:
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent %s",
+								result == TM_Updated ? "update" : "delete"),
+						 errhint("Retry the transaction.")));
+			return false;
+
+		default:
+
+			/*
+			 * TM_Invisible and TM_SelfModified would mean a row written by a
+			 * later command of our own transaction; every writer here ends
+			 * with CommandCounterIncrement(), so that cannot happen.
+			 */
+			elog(ERROR, "eo_processing: unexpected result %d locking a row of \"%s\"",
+				 (int) result, RelationGetRelationName(kt->rel));
+	}
+	return false;				/* keep compiler quiet */
+}
+
+/*
+ * kt_update
+ *		Replace the row locked by kt_lock() (oldslot) with newslot.
+ */
+void
+kt_update(KeyedTable *kt)
+{
+	if (EO_simple_table_tuple_update(kt->rel, &kt->oldslot->tts_tid,
+									 kt->newslot, kt->estate->es_snapshot) &&
+		kt->rri->ri_NumIndices > 0)
+		list_free(EO_ExecInsertIndexTuples(kt->rri, kt->newslot, kt->estate,
+										   true, false, NULL, NIL));
+}
+
+/*
+ * kt_delete
+ *		Delete the row locked by kt_lock() (oldslot).
+ */
+void
+kt_delete(KeyedTable *kt)
+{
+	simple_table_tuple_delete(kt->rel, &kt->oldslot->tts_tid,
+							  kt->estate->es_snapshot);
+}
+
+/*
+ * kt_fetch_visible
+ *		Read the row with newslot's key that our snapshot sees into oldslot,
+ *		without waiting or locking (a plain MVCC index lookup).  Returns
+ *		false when our snapshot sees no such row.
+ */
+bool
+kt_fetch_visible(KeyedTable *kt)
+{
+	ResultRelInfo *rri = kt->rri;
+	Relation	index = NULL;
+	IndexInfo  *info = NULL;
+	ScanKeyData keys[INDEX_MAX_KEYS];
+	IndexScanDesc scan;
+	int			nkeys;
+	bool		found;
+
+	for (int i = 0; i < rri->ri_NumIndices; i++)
+	{
+		if (rri->ri_IndexRelationInfo[i]->ii_Unique)
+		{
+			index = rri->ri_IndexRelationDescs[i];
+			info = rri->ri_IndexRelationInfo[i];
+			break;
+		}
+	}
+	if (index == NULL)
+		elog(ERROR, "eo_processing: \"%s\" has no unique index",
+			 RelationGetRelationName(kt->rel));
+
+	nkeys = IndexRelationGetNumberOfKeyAttributes(index);
+	for (int i = 0; i < nkeys; i++)
+	{
+		AttrNumber	heapatt = info->ii_IndexAttrNumbers[i];
+		Oid			eqop = get_opfamily_member(index->rd_opfamily[i],
+											   index->rd_opcintype[i],
+											   index->rd_opcintype[i],
+											   BTEqualStrategyNumber);
+
+		if (!OidIsValid(eqop))
+			elog(ERROR, "eo_processing: no equality operator for index column %d of \"%s\"",
+				 i + 1, RelationGetRelationName(index));
+		ScanKeyEntryInitialize(&keys[i], 0, i + 1, BTEqualStrategyNumber,
+							   InvalidOid, index->rd_indcollation[i],
+							   get_opcode(eqop),
+							   kt->newslot->tts_values[heapatt - 1]);
+	}
+
+	scan = index_beginscan(kt->rel, index, kt->estate->es_snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, kt->oldslot);
+	index_endscan(scan);
+
+	return found;
+}
