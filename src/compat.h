@@ -57,4 +57,17 @@ EO_simple_table_tuple_update(Relation rel, ItemPointer otid,
 }
 #endif
 
+/*
+ * Since 16, permission information lives in RTEPermissionInfo nodes passed
+ * to ExecInitRangeTable() beside the range table.  We check no permissions
+ * through the executor, so none are passed.
+ */
+#if PG_VERSION_NUM >= 160000
+#define EO_ExecInitRangeTable(estate, rtable) \
+	ExecInitRangeTable((estate), (rtable), NIL)
+#else
+#define EO_ExecInitRangeTable(estate, rtable) \
+	ExecInitRangeTable((estate), (rtable))
+#endif
+
 #endif							/* EO_COMPAT_H */

@@ -45,6 +45,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "executor/executor.h"
+#include "nodes/parsenodes.h"
 #include "storage/lmgr.h"
 #include "utils/lsyscache.h"
 #include "access/stratnum.h"
@@ -103,6 +104,7 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns)
 	Oid			relid = InvalidOid;
 	Relation	rel;
 	EState	   *estate;
+	RangeTblEntry *rte;
 	KeyedTable *kt;
 
 	if (!ActiveSnapshotSet())
@@ -130,6 +132,18 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns)
 	kt->rel = rel;
 	kt->estate = estate;
 	kt->callercxt = callercxt;
+	/*
+	 * A one-entry range table, as the executor would build: index insertion
+	 * after an update asks it which columns changed (none of the key
+	 * columns ever do, which lets B-tree bottom-up deletion work well).
+	 */
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	EO_ExecInitRangeTable(estate, list_make1(rte));
+
 	kt->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(kt->rri, rel, 1, NULL, 0);
 	/* speculative = true: prepare the unique index for ON CONFLICT checks */

@@ -1,0 +1,115 @@
+-- eo.process, eo.set_result, eo.result, eo.forget, eo.purge_expired:
+-- behaviour within one session.
+CREATE EXTENSION eo_processing;
+
+-- First time true, then false; consumers are independent namespaces.
+SELECT eo.process('m-1') AS first, eo.process('m-1') AS again;
+SELECT eo.process('m-1', 'billing') AS other_consumer;
+SELECT consumer, msg_id, result IS NULL AS no_result
+  FROM eo.inbox ORDER BY consumer, msg_id;
+
+-- The record belongs to the caller's transaction.
+BEGIN;
+SELECT eo.process('m-2');
+ROLLBACK;
+SELECT count(*) AS after_rollback FROM eo.inbox WHERE msg_id = 'm-2';
+SELECT eo.process('m-2') AS processed_after_rollback;
+
+-- Savepoints: the record goes away with the savepoint.
+BEGIN;
+SAVEPOINT s1;
+SELECT eo.process('m-3') AS in_savepoint;
+ROLLBACK TO SAVEPOINT s1;
+SELECT eo.process('m-3') AS after_rollback_to_savepoint;
+SAVEPOINT s2;
+SELECT eo.process('m-3') AS same_txn_again;
+RELEASE SAVEPOINT s2;
+COMMIT;
+SELECT eo.process('m-3') AS committed;
+
+-- Calling it twice in one statement, and over many rows of a query.
+SELECT eo.process('m-4') AS a, eo.process('m-4') AS b;
+SELECT g % 3 AS id, eo.process('row-' || (g % 3)) AS first
+  FROM generate_series(0, 5) AS g ORDER BY g;
+
+-- Typical use: work only when new, and remember the answer.
+CREATE TABLE payments (msg_id text PRIMARY KEY, amount int);
+CREATE FUNCTION handle(id text, amount int) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF eo.process(id, 'payments') THEN
+        INSERT INTO payments VALUES (id, amount);
+        PERFORM eo.set_result(id, jsonb_build_object('charged', amount), 'payments');
+    END IF;
+    RETURN eo.result(id, 'payments');
+END $$;
+SELECT handle('pay-1', 100) AS first_call;
+SELECT handle('pay-1', 100) AS duplicate_returns_first_result;
+SELECT handle('pay-1', 999) AS still_first_result;
+SELECT * FROM payments;
+
+-- set_result replaces, NULL clears; result of unknown ids is NULL.
+SELECT eo.set_result('m-1', '{"v": 2}');
+SELECT eo.result('m-1');
+SELECT eo.set_result('m-1', NULL);
+SELECT eo.result('m-1') IS NULL AS cleared;
+SELECT eo.result('never-seen') IS NULL AS unknown;
+SELECT eo.result('m-1', 'nobody') IS NULL AS unknown_consumer;
+
+-- Retention: explicit interval, 'infinity', and the GUC default.
+SELECT eo.process('r-1', 'ret', interval '2 hours');
+SELECT eo.process('r-2', 'ret', 'infinity');
+SELECT eo.process('r-3', 'ret', '90 minutes');
+SET eo.dedup_retention = '1d';
+SELECT eo.process('r-4', 'ret');
+SET eo.dedup_retention = -1;
+SELECT eo.process('r-5', 'ret');
+RESET eo.dedup_retention;
+SELECT eo.process('r-6', 'ret');
+SELECT msg_id, CASE WHEN expires_at = 'infinity' THEN 'forever'
+            ELSE (expires_at - processed_at)::text END AS remembered_for
+  FROM eo.inbox WHERE consumer = 'ret' ORDER BY msg_id;
+SHOW eo.dedup_retention;
+
+-- Expired records stop deduplicating and are taken over; their result
+-- is gone.  (Records are aged by rewriting expires_at.)
+SELECT eo.process('old', 'exp');
+SELECT eo.set_result('old', '"first run"', 'exp');
+UPDATE eo.inbox SET expires_at = now() - interval '1 second'
+ WHERE consumer = 'exp';
+SELECT eo.result('old', 'exp') IS NULL AS expired_result_hidden;
+SELECT eo.process('old', 'exp') AS expired_processes_again;
+SELECT eo.process('old', 'exp') AS then_deduplicates;
+SELECT eo.result('old', 'exp') IS NULL AS fresh_record_has_no_result;
+
+-- purge_expired removes only expired records, optionally in batches.
+SELECT eo.process('p-' || g, 'purge') FROM generate_series(1, 5) AS g \g /dev/null
+UPDATE eo.inbox SET expires_at = now() - interval '1 day'
+ WHERE consumer = 'purge' AND msg_id <> 'p-5';
+SELECT eo.purge_expired(3) AS first_batch;
+SELECT eo.purge_expired() AS rest;
+SELECT eo.purge_expired() AS nothing_left;
+SELECT msg_id FROM eo.inbox WHERE consumer = 'purge';
+
+-- forget: true when a record was deleted; the message is then new again.
+SELECT eo.forget('m-1') AS forgotten, eo.forget('m-1') AS already_gone;
+SELECT eo.process('m-1') AS processed_again;
+BEGIN;
+SELECT eo.forget('m-3');
+ROLLBACK;
+SELECT eo.process('m-3') AS forget_rolled_back;
+
+-- Any text is a valid id: byte-exact, case-sensitive, no trimming.
+SELECT eo.process('Case'), eo.process('case'), eo.process(' case'),
+       eo.process(E'line\nbreak'), eo.process('ünïcødé ✓'), eo.process(repeat('x', 1024));
+
+-- Duplicates write nothing: no transaction id is assigned.
+BEGIN;
+SELECT eo.process('m-4') AS duplicate;
+SELECT pg_current_xact_id_if_assigned() IS NULL AS no_xid;
+COMMIT;
+
+DROP FUNCTION handle(text, int);
+DROP TABLE payments;
+DROP EXTENSION eo_processing;
+SELECT count(*) AS schema_left FROM pg_namespace WHERE nspname = 'eo';

@@ -1,0 +1,73 @@
+-- Privileges: nothing for PUBLIC; the documented grant is enough for an
+-- application; the tables stay out of reach of application roles.
+CREATE EXTENSION eo_processing;
+CREATE ROLE regress_eo_app;
+CREATE ROLE regress_eo_nobody;
+CREATE ROLE regress_eo_operator;
+
+-- The grant the README documents for application roles.
+GRANT USAGE ON SCHEMA eo TO regress_eo_app;
+GRANT EXECUTE ON FUNCTION eo.process(text, text, interval),
+  eo.process(text, text, text), eo.process_seq(text, bigint, text),
+  eo.set_result(text, jsonb, text), eo.result(text, text) TO regress_eo_app;
+-- An operator role that purges without any table privilege.
+GRANT USAGE ON SCHEMA eo TO regress_eo_operator;
+GRANT EXECUTE ON FUNCTION eo.purge_expired(bigint) TO regress_eo_operator;
+
+\set VERBOSITY sqlstate
+-- A role without the grant can do nothing.
+SET ROLE regress_eo_nobody;
+SELECT eo.process('n-1');
+SELECT eo.process_seq('p', 1);
+SELECT eo.result('n-1');
+SELECT * FROM eo.inbox;
+RESET ROLE;
+
+-- The application role processes messages and stores results ...
+SET ROLE regress_eo_app;
+SELECT eo.process('a-1') AS first, eo.process('a-1') AS duplicate;
+SELECT eo.process('a-2', 'c', 'infinity');
+SELECT eo.set_result('a-1', '{"ok": true}');
+SELECT eo.result('a-1');
+SELECT eo.process_seq('p', 1);
+-- ... but cannot touch the tables directly ...
+SELECT * FROM eo.inbox;
+INSERT INTO eo.inbox VALUES (now(), now(), 'default', 'forged', NULL);
+UPDATE eo.inbox SET result = '1';
+DELETE FROM eo.inbox;
+TRUNCATE eo.inbox;
+SELECT * FROM eo.producer_seq;
+UPDATE eo.producer_seq SET last_seq = 0;
+-- ... nor use the operator functions, nor create objects in schema eo.
+SELECT eo.forget('a-1');
+SELECT eo.purge_expired();
+CREATE TABLE eo.mine (i int);
+CREATE FUNCTION eo.process(text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+RESET ROLE;
+
+-- Objects an attacker leaves in public do not change what eo.* does.
+CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql
+  AS $$ SELECT timestamptz '2000-01-01' $$;
+CREATE OPERATOR public.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz,
+  FUNCTION = pg_catalog.timestamptz_ne);
+UPDATE eo.inbox SET expires_at = now() - interval '1 hour' WHERE msg_id = 'a-1';
+
+-- The operator purges through the SECURITY DEFINER function only.
+SET ROLE regress_eo_operator;
+SET search_path = public, pg_catalog;
+SELECT eo.purge_expired() AS purged;
+SELECT * FROM eo.inbox;
+RESET search_path;
+RESET ROLE;
+SELECT msg_id FROM eo.inbox ORDER BY msg_id;
+DROP OPERATOR public.<= (timestamptz, timestamptz);
+DROP FUNCTION public.now();
+
+\set VERBOSITY default
+-- Full message once, for the record.
+SET ROLE regress_eo_app;
+SELECT * FROM eo.inbox;
+RESET ROLE;
+
+DROP EXTENSION eo_processing;
+DROP ROLE regress_eo_app, regress_eo_nobody, regress_eo_operator;
