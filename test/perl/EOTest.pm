@@ -1,4 +1,3 @@
-
 # Helpers shared by the TAP tests of eo_processing (test/t/*.pl).
 #
 # eo_pgbench() runs pgbench against a PostgreSQL::Test::Cluster node with a
