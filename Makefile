@@ -41,10 +41,12 @@ ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 # TAP: test/t/*.pl with helpers in test/perl.
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I test/perl
 
 EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Makefile.global resets PROVE_FLAGS, so it is set after the include.
+PROVE_FLAGS += -I test/perl

@@ -40,6 +40,26 @@ SET eo.dedup_retention = 'soon';
 -- set_result on a message that was never processed
 SELECT eo.set_result('never', '{}');
 
+-- Writers refuse read-only transactions (as on a hot standby); readers work.
+BEGIN READ ONLY;
+SELECT eo.process('ro');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT eo.process('ro', 'c', 'infinity');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT eo.process_seq('ro', 1);
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT eo.set_result('ro', '{}');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT eo.forget('ro');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT eo.result('ro') IS NULL AS result_readable;
+ROLLBACK;
+
 -- Nothing above was written.
 \set VERBOSITY default
 SELECT count(*) AS inbox_rows FROM eo.inbox;
@@ -51,5 +71,8 @@ SELECT eo.process_seq('p', -5);
 SELECT eo.process('m', retain => interval '-1 hour');
 SELECT eo.set_result('never', '{}', 'billing');
 SELECT eo.process(NULL);
+BEGIN READ ONLY;
+SELECT eo.process('ro');
+ROLLBACK;
 
 DROP EXTENSION eo_processing;

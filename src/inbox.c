@@ -71,11 +71,12 @@ static const KeyedTableColumn inbox_columns[INBOX_NCOLUMNS] = {
  * inbox_open
  *		Open eo.inbox and put the key (consumer, msg_id) into newslot, with
  *		the remaining columns NULL.  The caller fills the rest for writes.
+ *		"writer" is the SQL function's name when it writes, else NULL.
  */
 static KeyedTable *
-inbox_open(text *consumer, text *msg_id)
+inbox_open(text *consumer, text *msg_id, const char *writer)
 {
-	KeyedTable *kt = kt_open("inbox", inbox_columns, INBOX_NCOLUMNS);
+	KeyedTable *kt = kt_open("inbox", inbox_columns, INBOX_NCOLUMNS, writer);
 	TupleTableSlot *slot = kt->newslot;
 
 	kt_clear_newslot(kt);
@@ -113,7 +114,7 @@ static bool
 process_message(text *consumer, text *msg_id, TimestampTz now,
 				TimestampTz expires)
 {
-	KeyedTable *kt = inbox_open(consumer, msg_id);
+	KeyedTable *kt = inbox_open(consumer, msg_id, "eo.process()");
 	TupleTableSlot *slot = kt->newslot;
 	bool		first;
 
@@ -242,7 +243,7 @@ eo_set_result(PG_FUNCTION_ARGS)
 	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
 	text	   *consumer = eo_text_arg(fcinfo, 2, "consumer", EO_MAX_NAME_BYTES);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	KeyedTable *kt = inbox_open(consumer, msg_id);
+	KeyedTable *kt = inbox_open(consumer, msg_id, "eo.set_result()");
 	TupleTableSlot *newslot = kt->newslot;
 	TupleTableSlot *oldslot = kt->oldslot;
 
@@ -288,7 +289,7 @@ eo_result(PG_FUNCTION_ARGS)
 	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
 	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	KeyedTable *kt = inbox_open(consumer, msg_id);
+	KeyedTable *kt = inbox_open(consumer, msg_id, NULL);
 	Jsonb	   *result = NULL;
 
 	if (kt_fetch_visible(kt) && !record_expired(kt->oldslot, now))
@@ -323,7 +324,7 @@ eo_forget(PG_FUNCTION_ARGS)
 {
 	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
 	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
-	KeyedTable *kt = inbox_open(consumer, msg_id);
+	KeyedTable *kt = inbox_open(consumer, msg_id, "eo.forget()");
 	bool		found = false;
 
 	for (;;)

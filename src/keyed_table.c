@@ -46,6 +46,7 @@
 #include "catalog/namespace.h"
 #include "executor/executor.h"
 #include "nodes/parsenodes.h"
+#include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/lsyscache.h"
 #include "access/stratnum.h"
@@ -91,13 +92,18 @@ check_layout(Relation rel, const KeyedTableColumn *columns, int ncolumns)
  * kt_open
  *		Open eo.<relname> and its indexes for modification.
  *
+ * "writer" names the SQL function for the error raised in a read-only
+ * transaction (including every transaction on a hot standby); NULL for
+ * callers that only read.
+ *
  * Takes RowExclusiveLock on the table and its indexes (held to end of
  * transaction, as for any DML).  On return CurrentMemoryContext is the
  * executor state's query context, so everything the caller allocates
  * until kt_close() is freed there; kt_close() switches back.
  */
 KeyedTable *
-kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns)
+kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
+		const char *writer)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	Oid			nspid;
@@ -109,6 +115,8 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns)
 
 	if (!ActiveSnapshotSet())
 		elog(ERROR, "eo_processing: no active snapshot");
+	if (writer != NULL)
+		PreventCommandIfReadOnly(writer);
 
 	nspid = get_namespace_oid(EO_SCHEMA_NAME, true);
 	if (OidIsValid(nspid))
@@ -189,27 +197,35 @@ kt_clear_newslot(KeyedTable *kt)
 }
 
 /*
- * check_visible
- *		Under REPEATABLE READ or SERIALIZABLE, refuse to act on a row that
- *		was committed by a transaction our snapshot cannot see.  Rows written
- *		by our own transaction are always acceptable.
+ * slot_visible
+ *		May the caller act on the row in "slot"?  Always under READ
+ *		COMMITTED; under REPEATABLE READ or SERIALIZABLE only when the
+ *		transaction snapshot sees it or our own transaction wrote it.
  */
-static void
-check_visible(KeyedTable *kt, TupleTableSlot *slot)
+static bool
+slot_visible(KeyedTable *kt, TupleTableSlot *slot)
 {
 	Datum		xmin_datum;
 	bool		isnull;
 
 	if (!IsolationUsesXactSnapshot())
-		return;
+		return true;
 	if (table_tuple_satisfies_snapshot(kt->rel, slot, kt->estate->es_snapshot))
-		return;
+		return true;
 
 	xmin_datum = slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull);
 	Assert(!isnull);
-	if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xmin_datum)))
-		return;
+	return TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xmin_datum));
+}
 
+/*
+ * kt_report_invisible
+ *		Raise the serialization failure for a row with our key that was
+ *		committed by a transaction our snapshot cannot see.
+ */
+void
+kt_report_invisible(KeyedTable *kt)
+{
 	ereport(ERROR,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 			 errmsg("could not serialize access due to concurrent update"),
@@ -219,16 +235,17 @@ check_visible(KeyedTable *kt, TupleTableSlot *slot)
 }
 
 /*
- * kt_find_existing
+ * kt_find_latest
  *		Look for a row with newslot's key.
  *
  * Waits for transactions that are still inserting, updating or deleting a
  * row with this key, then returns false if there is none, or true with the
- * row in oldslot and its TID in *tid.  The row found is either committed
- * or written by our own transaction.  The row is not locked.
+ * latest version of the row in oldslot and its TID in *tid.  That version
+ * is committed or written by our own transaction; *visible tells whether
+ * the caller may act on it (see slot_visible).  The row is not locked.
  */
 bool
-kt_find_existing(KeyedTable *kt, ItemPointer tid)
+kt_find_latest(KeyedTable *kt, ItemPointer tid, bool *visible)
 {
 	ItemPointerData conflict;
 
@@ -244,8 +261,25 @@ kt_find_existing(KeyedTable *kt, ItemPointer tid)
 			 ItemPointerGetOffsetNumber(&conflict),
 			 RelationGetRelationName(kt->rel));
 
-	check_visible(kt, kt->oldslot);
+	*visible = slot_visible(kt, kt->oldslot);
 	*tid = conflict;
+	return true;
+}
+
+/*
+ * kt_find_existing
+ *		kt_find_latest() for callers that must not act on a row their
+ *		snapshot cannot see: that case raises a serialization failure.
+ */
+bool
+kt_find_existing(KeyedTable *kt, ItemPointer tid)
+{
+	bool		visible;
+
+	if (!kt_find_latest(kt, tid, &visible))
+		return false;
+	if (!visible)
+		kt_report_invisible(kt);
 	return true;
 }
 
@@ -301,7 +335,8 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 	switch (result)
 	{
 		case TM_Ok:
-			check_visible(kt, kt->oldslot);
+			if (!slot_visible(kt, kt->oldslot))
+				kt_report_invisible(kt);
 			return true;
 
 		case TM_Updated:

@@ -42,10 +42,13 @@ typedef struct KeyedTableColumn
 } KeyedTableColumn;
 
 extern KeyedTable *kt_open(const char *relname,
-						   const KeyedTableColumn *columns, int ncolumns);
+						   const KeyedTableColumn *columns, int ncolumns,
+						   const char *writer);
 extern void kt_close(KeyedTable *kt);
 extern void kt_clear_newslot(KeyedTable *kt);
 extern bool kt_find_existing(KeyedTable *kt, ItemPointer tid);
+extern bool kt_find_latest(KeyedTable *kt, ItemPointer tid, bool *visible);
+extern void kt_report_invisible(KeyedTable *kt) pg_attribute_noreturn();
 extern bool kt_fetch_visible(KeyedTable *kt);
 extern bool kt_insert_new(KeyedTable *kt);
 extern bool kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode);

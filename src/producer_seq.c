@@ -15,7 +15,9 @@
  *	  Concurrency follows eo.process(): a caller that finds the producer's
  *	  row being changed by an in-flight transaction waits for it, then
  *	  decides against the committed mark.  Under REPEATABLE READ /
- *	  SERIALIZABLE a mark the snapshot cannot see raises SQLSTATE 40001.
+ *	  SERIALIZABLE, when the latest mark was committed after the caller's
+ *	  snapshot, a number at or below the mark the snapshot sees returns
+ *	  false, and anything higher raises SQLSTATE 40001 (retry).
  *
  *	  Table eo.producer_seq: last_seq, updated_at, consumer, producer;
  *	  primary key (consumer, producer).
@@ -93,7 +95,8 @@ eo_process_seq(PG_FUNCTION_ARGS)
 				 errmsg("seq must not be negative"),
 				 errdetail("The sequence number given was " INT64_FORMAT ".", seq)));
 
-	kt = kt_open("producer_seq", producer_seq_columns, SEQ_NCOLUMNS);
+	kt = kt_open("producer_seq", producer_seq_columns, SEQ_NCOLUMNS,
+				 "eo.process_seq()");
 	slot = kt->newslot;
 	kt_clear_newslot(kt);
 	slot->tts_values[SEQ_LAST_SEQ] = Int64GetDatum(seq);
@@ -108,7 +111,9 @@ eo_process_seq(PG_FUNCTION_ARGS)
 	{
 		ItemPointerData tid;
 
-		if (!kt_find_existing(kt, &tid))
+		bool		visible;
+
+		if (!kt_find_latest(kt, &tid, &visible))
 		{
 			if (kt_insert_new(kt))
 			{
@@ -116,6 +121,23 @@ eo_process_seq(PG_FUNCTION_ARGS)
 				break;
 			}
 			continue;			/* lost an insertion race: look again */
+		}
+
+		if (!visible)
+		{
+			/*
+			 * REPEATABLE READ / SERIALIZABLE, and the latest mark was
+			 * committed after our snapshot.  A number at or below the mark
+			 * our snapshot sees is a duplicate whose effects we can see, so
+			 * false is consistent; anything above it cannot be decided
+			 * within this snapshot.
+			 */
+			if (kt_fetch_visible(kt) && seq <= slot_last_seq(kt->oldslot))
+			{
+				first = false;
+				break;
+			}
+			kt_report_invisible(kt);
 		}
 
 		if (seq <= slot_last_seq(kt->oldslot))
