@@ -126,8 +126,9 @@ process_message(text *consumer, text *msg_id, TimestampTz now,
 	for (;;)
 	{
 		ItemPointerData tid;
+		bool		visible;
 
-		if (!kt_find_existing(kt, &tid))
+		if (!kt_find_latest(kt, &tid, &visible))
 		{
 			if (kt_insert_new(kt))
 			{
@@ -135,6 +136,24 @@ process_message(text *consumer, text *msg_id, TimestampTz now,
 				break;
 			}
 			continue;			/* lost an insertion race: look again */
+		}
+
+		if (!visible)
+		{
+			/*
+			 * REPEATABLE READ / SERIALIZABLE, and the latest version of the
+			 * record was committed after our snapshot.  If our snapshot sees
+			 * a live version (the record existed, and was later only given a
+			 * result), the first run's effects are visible to us too, so
+			 * "duplicate" is a consistent answer.  Otherwise we cannot
+			 * decide within this snapshot.
+			 */
+			if (kt_fetch_visible(kt) && !record_expired(kt->oldslot, now))
+			{
+				first = false;
+				break;
+			}
+			kt_report_invisible(kt);
 		}
 
 		if (!record_expired(kt->oldslot, now))
