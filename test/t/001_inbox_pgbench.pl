@@ -14,6 +14,10 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+# The Makefile's PROVE_FLAGS (-I test/perl) is reset by PGXS's
+# Makefile.global, so find the helpers relative to this file.
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
 use EOTest;
 
 my $clients = 8;
