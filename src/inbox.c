@@ -176,8 +176,6 @@ process_message(text *consumer, text *msg_id, TimestampTz now,
 	}
 
 	kt_close(kt);
-	if (first)
-		CommandCounterIncrement();
 	return first;
 }
 
@@ -264,13 +262,13 @@ eo_set_result(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	KeyedTable *kt = inbox_open(consumer, msg_id, "eo.set_result()");
 	TupleTableSlot *newslot = kt->newslot;
-	TupleTableSlot *oldslot = kt->oldslot;
+	TupleTableSlot *oldslot;
 
 	for (;;)
 	{
 		ItemPointerData tid;
 
-		if (!kt_find_existing(kt, &tid) || record_expired(oldslot, now))
+		if (!kt_find_existing(kt, &tid) || record_expired(kt->oldslot, now))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("message \"%s\" has not been processed by consumer \"%s\"",
@@ -281,6 +279,7 @@ eo_set_result(PG_FUNCTION_ARGS)
 			break;
 	}
 
+	oldslot = kt->oldslot;
 	slot_getallattrs(oldslot);
 	ExecClearTuple(newslot);
 	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * INBOX_NCOLUMNS);
@@ -292,7 +291,6 @@ eo_set_result(PG_FUNCTION_ARGS)
 
 	kt_update(kt);
 	kt_close(kt);
-	CommandCounterIncrement();
 	PG_RETURN_VOID();
 }
 
@@ -361,7 +359,5 @@ eo_forget(PG_FUNCTION_ARGS)
 	}
 
 	kt_close(kt);
-	if (found)
-		CommandCounterIncrement();
 	PG_RETURN_BOOL(found);
 }

@@ -89,6 +89,77 @@ check_layout(Relation rel, const KeyedTableColumn *columns, int ncolumns)
 }
 
 /*
+ * Relation OIDs of the tables opened so far in this backend, so that the
+ * hot path does not look names up in the catalogs on every call.  An entry
+ * is only a hint: open_eo_table() checks that the OID still names the same
+ * table and looks the name up again when it does not (the extension was
+ * dropped and created again, say).
+ */
+typedef struct EoTableCache
+{
+	const char *relname;		/* points to the caller's string constant */
+	Oid			relid;
+	Oid			nspid;
+} EoTableCache;
+
+#define EO_TABLE_CACHE_SIZE 8
+static EoTableCache table_cache[EO_TABLE_CACHE_SIZE];
+
+/*
+ * open_eo_table
+ *		table_open() eo.<relname> with RowExclusiveLock, or a clear error
+ *		when it does not exist.
+ */
+static Relation
+open_eo_table(const char *relname)
+{
+	EoTableCache *entry = NULL;
+	Relation	rel;
+	Oid			nspid;
+	Oid			relid = InvalidOid;
+
+	for (int i = 0; i < EO_TABLE_CACHE_SIZE; i++)
+	{
+		if (table_cache[i].relname == NULL ||
+			strcmp(table_cache[i].relname, relname) == 0)
+		{
+			entry = &table_cache[i];
+			break;
+		}
+	}
+
+	if (entry != NULL && entry->relname != NULL)
+	{
+		rel = try_table_open(entry->relid, RowExclusiveLock);
+		if (rel != NULL)
+		{
+			if (RelationGetNamespace(rel) == entry->nspid &&
+				strcmp(RelationGetRelationName(rel), relname) == 0)
+				return rel;
+			table_close(rel, RowExclusiveLock);
+		}
+	}
+
+	nspid = get_namespace_oid(EO_SCHEMA_NAME, true);
+	if (OidIsValid(nspid))
+		relid = get_relname_relid(relname, nspid);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"%s.%s\" does not exist", EO_SCHEMA_NAME, relname),
+				 errhint("Is the eo_processing extension installed in this database?")));
+
+	rel = table_open(relid, RowExclusiveLock);
+	if (entry != NULL)
+	{
+		entry->relname = relname;
+		entry->relid = relid;
+		entry->nspid = nspid;
+	}
+	return rel;
+}
+
+/*
  * kt_open
  *		Open eo.<relname> and its indexes for modification.
  *
@@ -106,8 +177,7 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
 		const char *writer)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
-	Oid			nspid;
-	Oid			relid = InvalidOid;
+	Oid			relid;
 	Relation	rel;
 	EState	   *estate;
 	RangeTblEntry *rte;
@@ -118,16 +188,8 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
 	if (writer != NULL)
 		PreventCommandIfReadOnly(writer);
 
-	nspid = get_namespace_oid(EO_SCHEMA_NAME, true);
-	if (OidIsValid(nspid))
-		relid = get_relname_relid(relname, nspid);
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"%s.%s\" does not exist", EO_SCHEMA_NAME, relname),
-				 errhint("Is the eo_processing extension installed in this database?")));
-
-	rel = table_open(relid, RowExclusiveLock);
+	rel = open_eo_table(relname);
+	relid = RelationGetRelid(rel);
 	check_layout(rel, columns, ncolumns);
 
 	estate = CreateExecutorState();
@@ -158,7 +220,7 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
 	ExecOpenIndices(kt->rri, true);
 
 	kt->newslot = table_slot_create(rel, &estate->es_tupleTable);
-	kt->oldslot = table_slot_create(rel, &estate->es_tupleTable);
+	kt->oldslot = NULL;			/* created when first needed */
 
 	return kt;
 }
@@ -180,6 +242,20 @@ kt_close(KeyedTable *kt)
 	MemoryContextSwitchTo(callercxt);
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
+}
+
+/* Create oldslot on first use (the insert-only path never needs it). */
+static TupleTableSlot *
+kt_oldslot(KeyedTable *kt)
+{
+	if (kt->oldslot == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(kt->estate->es_query_cxt);
+
+		kt->oldslot = table_slot_create(kt->rel, &kt->estate->es_tupleTable);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	return kt->oldslot;
 }
 
 /*
@@ -255,7 +331,7 @@ kt_find_latest(KeyedTable *kt, ItemPointer tid, bool *visible)
 		return false;
 
 	if (!table_tuple_fetch_row_version(kt->rel, &conflict, SnapshotAny,
-									   kt->oldslot))
+									   kt_oldslot(kt)))
 		elog(ERROR, "eo_processing: could not fetch row (%u,%u) of \"%s\"",
 			 ItemPointerGetBlockNumber(&conflict),
 			 ItemPointerGetOffsetNumber(&conflict),
@@ -314,6 +390,21 @@ kt_insert_new(KeyedTable *kt)
 }
 
 /*
+ * kt_insert_plain
+ *		Insert newslot when its key cannot already exist (a fresh UUID): a
+ *		plain heap insertion, and index entries with the ordinary
+ *		uniqueness check (a duplicate would be a unique-violation error).
+ */
+void
+kt_insert_plain(KeyedTable *kt)
+{
+	table_tuple_insert(kt->rel, kt->newslot, kt->estate->es_output_cid, 0, NULL);
+	if (kt->rri->ri_NumIndices > 0)
+		list_free(EO_ExecInsertIndexTuples(kt->rri, kt->newslot, kt->estate,
+										   false, false, NULL, NIL));
+}
+
+/*
  * kt_lock
  *		Lock the row at *tid in the given mode, waiting for concurrent
  *		writers, and load it into oldslot.
@@ -330,8 +421,21 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 	TM_Result	result;
 
 	result = table_tuple_lock(kt->rel, tid, kt->estate->es_snapshot,
-							  kt->oldslot, kt->estate->es_output_cid,
+							  kt_oldslot(kt), kt->estate->es_output_cid,
 							  mode, LockWaitBlock, 0, &tmfd);
+	if (result == TM_Invisible)
+	{
+		/*
+		 * The row was inserted by the current command of our own
+		 * transaction (inserts skip CommandCounterIncrement() to stay
+		 * cheap).  Make it visible to ourselves and lock again.
+		 */
+		CommandCounterIncrement();
+		kt->estate->es_output_cid = GetCurrentCommandId(true);
+		result = table_tuple_lock(kt->rel, tid, kt->estate->es_snapshot,
+								  kt->oldslot, kt->estate->es_output_cid,
+								  mode, LockWaitBlock, 0, &tmfd);
+	}
 	switch (result)
 	{
 		case TM_Ok:
@@ -352,9 +456,9 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 		default:
 
 			/*
-			 * TM_Invisible and TM_SelfModified would mean a row written by a
-			 * later command of our own transaction; every writer here ends
-			 * with CommandCounterIncrement(), so that cannot happen.
+			 * TM_SelfModified would mean a row changed by a later command of
+			 * our own transaction; updates and deletes here end with
+			 * CommandCounterIncrement(), so that cannot happen.
 			 */
 			elog(ERROR, "eo_processing: unexpected result %d locking a row of \"%s\"",
 				 (int) result, RelationGetRelationName(kt->rel));
@@ -364,7 +468,8 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 
 /*
  * kt_update
- *		Replace the row locked by kt_lock() (oldslot) with newslot.
+ *		Replace the row locked by kt_lock() (oldslot) with newslot, and make
+ *		the change visible to the rest of our transaction's commands.
  */
 void
 kt_update(KeyedTable *kt)
@@ -374,17 +479,20 @@ kt_update(KeyedTable *kt)
 		kt->rri->ri_NumIndices > 0)
 		list_free(EO_ExecInsertIndexTuples(kt->rri, kt->newslot, kt->estate,
 										   true, false, NULL, NIL));
+	CommandCounterIncrement();
 }
 
 /*
  * kt_delete
- *		Delete the row locked by kt_lock() (oldslot).
+ *		Delete the row locked by kt_lock() (oldslot), visibly to the rest
+ *		of our transaction's commands.
  */
 void
 kt_delete(KeyedTable *kt)
 {
 	simple_table_tuple_delete(kt->rel, &kt->oldslot->tts_tid,
 							  kt->estate->es_snapshot);
+	CommandCounterIncrement();
 }
 
 /*
@@ -437,7 +545,7 @@ kt_fetch_visible(KeyedTable *kt)
 
 	scan = index_beginscan(kt->rel, index, kt->estate->es_snapshot, nkeys, 0);
 	index_rescan(scan, keys, nkeys, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, kt->oldslot);
+	found = index_getnext_slot(scan, ForwardScanDirection, kt_oldslot(kt));
 	index_endscan(scan);
 
 	return found;

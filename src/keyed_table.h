@@ -51,6 +51,7 @@ extern bool kt_find_latest(KeyedTable *kt, ItemPointer tid, bool *visible);
 extern void kt_report_invisible(KeyedTable *kt) pg_attribute_noreturn();
 extern bool kt_fetch_visible(KeyedTable *kt);
 extern bool kt_insert_new(KeyedTable *kt);
+extern void kt_insert_plain(KeyedTable *kt);
 extern bool kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode);
 extern void kt_update(KeyedTable *kt);
 extern void kt_delete(KeyedTable *kt);

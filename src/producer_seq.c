@@ -159,7 +159,5 @@ eo_process_seq(PG_FUNCTION_ARGS)
 	}
 
 	kt_close(kt);
-	if (first)
-		CommandCounterIncrement();
 	PG_RETURN_BOOL(first);
 }
