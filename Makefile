@@ -15,9 +15,16 @@ OBJS = \
 	src/arguments.o \
 	src/keyed_table.o \
 	src/inbox.o \
-	src/producer_seq.o
+	src/producer_seq.o \
+	src/outbox.o \
+	src/envelope.o \
+	src/destination.o \
+	src/relay_shmem.o \
+	src/relay_launcher.o \
+	src/relay_worker.o \
+	src/database_guard.o
 
-DATA = eo_processing--0.1.0.sql
+DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql
 PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -14,10 +14,17 @@ SELECT p.oid::regprocedure AS function,
  WHERE p.pronamespace = 'eo'::regnamespace
  ORDER BY p.oid::regprocedure::text;
 
--- Only purge_expired runs with the owner's rights, and it pins search_path.
-SELECT p.oid::regprocedure AS function, p.prosecdef, p.proconfig
+-- Only the two purge functions run with the owner's rights; they pin
+-- search_path.
+SELECT p.oid::regprocedure AS function, p.proconfig
   FROM pg_proc p
- WHERE p.pronamespace = 'eo'::regnamespace AND (p.prosecdef OR p.proconfig IS NOT NULL);
+ WHERE p.pronamespace = 'eo'::regnamespace AND p.prosecdef
+ ORDER BY p.oid::regprocedure::text;
+-- Every function not written in C pins search_path (none is missing).
+SELECT p.oid::regprocedure AS unpinned_function
+  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+ WHERE p.pronamespace = 'eo'::regnamespace AND l.lanname <> 'c'
+   AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false);
 
 -- No privileges on the schema or the tables for PUBLIC.
 SELECT n.nspname,
@@ -29,14 +36,14 @@ SELECT c.relname,
   FROM pg_class c
  WHERE c.relnamespace = 'eo'::regnamespace AND c.relkind = 'r' ORDER BY c.relname;
 
--- pg_dump keeps the users' data in both tables.
+-- pg_dump keeps the users' data: every table but none of the views.
 SELECT c.relname
   FROM pg_extension e, unnest(e.extconfig) AS t(oid)
   JOIN pg_class c ON c.oid = t.oid
  WHERE e.extname = 'eo_processing' ORDER BY 1;
 
 -- The settings and their documented defaults.
-SELECT name, setting, unit, context, short_desc
+SELECT name, boot_val AS default, unit, context, short_desc
   FROM pg_settings WHERE name LIKE 'eo.%' ORDER BY name;
 
 DROP EXTENSION eo_processing;

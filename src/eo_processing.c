@@ -15,14 +15,27 @@
 #include <limits.h>
 
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
 
 #include "eo_processing.h"
+#include "relay.h"
 
 PG_MODULE_MAGIC;
 
 /* How long eo.process() remembers a message when no "retain" is given. */
 int			eo_dedup_retention_secs = 7 * 24 * 60 * 60;
+
+/* The relay (see relay.h) */
+bool		eo_relay_enabled = true;
+int			eo_relay_batch_size = 1000;
+int			eo_relay_naptime_secs = 60;
+int			eo_outbox_retention_secs = 24 * 60 * 60;
+int			eo_default_max_attempts = 10;
+char	   *eo_default_retry_delays = NULL;
 
 void		_PG_init(void);
 
@@ -42,9 +55,57 @@ check_dedup_retention(int *newval, void **extra, GucSource source)
 	return true;
 }
 
+/* eo.retry_delays must be a non-empty list of non-negative intervals. */
+static bool
+check_retry_delays(char **newval, void **extra, GucSource source)
+{
+	char	   *copy;
+	List	   *items;
+	ListCell   *lc;
+	bool		ok = true;
+
+	if (*newval == NULL)
+		return true;
+	copy = pstrdup(*newval);
+	if (!SplitIdentifierString(copy, ',', &items) || items == NIL)
+	{
+		GUC_check_errdetail("eo.retry_delays must be a comma-separated list of intervals, such as '1s, 10s, 1min'.");
+		return false;
+	}
+	foreach(lc, items)
+	{
+		Interval   *iv = NULL;
+
+		PG_TRY();
+		{
+			iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+													   CStringGetDatum((char *) lfirst(lc)),
+													   ObjectIdGetDatum(InvalidOid),
+													   Int32GetDatum(-1)));
+		}
+		PG_CATCH();
+		{
+			FlushErrorState();
+			iv = NULL;
+		}
+		PG_END_TRY();
+		if (iv == NULL || iv->time < 0 || iv->day < 0 || iv->month < 0)
+		{
+			GUC_check_errdetail("\"%s\" is not a non-negative interval.", (char *) lfirst(lc));
+			ok = false;
+			break;
+		}
+	}
+	pfree(copy);
+	list_free(items);
+	return ok;
+}
+
 /*
  * Module load: define the GUCs and reserve the "eo." prefix so that a
- * misspelled setting is reported instead of silently ignored.
+ * misspelled setting is reported instead of silently ignored.  When
+ * preloaded, also set up the relay: shared memory, the launcher, and the
+ * hook that keeps the relay out of the way of DROP DATABASE.
  */
 void
 _PG_init(void)
@@ -60,5 +121,67 @@ _PG_init(void)
 							GUC_UNIT_S,
 							check_dedup_retention, NULL, NULL);
 
+	DefineCustomBoolVariable("eo.relay_enabled",
+							 "Whether the relay delivers outbox messages.",
+							 "When off, messages stay in eo.outbox until it is turned on again.",
+							 &eo_relay_enabled,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eo.relay_batch_size",
+							"How many messages the relay routes, or deliveries it retries, per transaction.",
+							NULL,
+							&eo_relay_batch_size,
+							1000,
+							1, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eo.relay_naptime",
+							"Longest time the relay sleeps without being woken by a commit.",
+							"A safety net: commits of publishing transactions wake the relay at once. "
+							"Also the interval of the relay's housekeeping.",
+							&eo_relay_naptime_secs,
+							60,
+							1, 24 * 60 * 60,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eo.outbox_retention",
+							"How long routed messages are kept in eo.message_log (audit, replay).",
+							NULL,
+							&eo_outbox_retention_secs,
+							24 * 60 * 60,
+							0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eo.max_attempts",
+							"Default number of delivery attempts before a delivery is dead.",
+							"Used for destinations without a max_attempts option.",
+							&eo_default_max_attempts,
+							10,
+							1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("eo.retry_delays",
+							   "Default delays between delivery attempts; the last one repeats.",
+							   "Used for destinations without a retry_delays option. "
+							   "A comma-separated list of intervals.",
+							   &eo_default_retry_delays,
+							   "1s, 5s, 30s, 2min, 10min, 30min, 1h",
+							   PGC_SIGHUP, 0,
+							   check_retry_delays, NULL, NULL);
+
 	MarkGUCPrefixReserved("eo");
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		eo_preloaded = true;
+		eo_relay_shmem_request();
+		eo_relay_register_launcher();
+		eo_database_guard_install();
+	}
 }

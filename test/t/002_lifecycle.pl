@@ -56,12 +56,30 @@ ok( $preload->log_contains(
 for my $node ($preload, $plain)
 {
 	my $name = $node->name;
-	$node->safe_psql('postgres', 'CREATE EXTENSION eo_processing');
+	my ($stdout, $stderr);
+	$node->psql('postgres', 'CREATE EXTENSION eo_processing',
+		stdout => \$stdout, stderr => \$stderr, on_error_die => 1);
+	if ($node == $plain)
+	{
+		like($stderr, qr/WARNING:  eo_processing is not loaded through shared_preload_libraries: no relay runs/,
+			"$name: CREATE EXTENSION warns that no relay runs");
+		is($node->safe_psql('postgres', 'SELECT state FROM eo.relay_status'),
+			'not running: eo_processing is not in shared_preload_libraries',
+			"$name: eo.relay_status says that no relay runs");
+	}
+	else
+	{
+		unlike($stderr, qr/WARNING/, "$name: CREATE EXTENSION does not warn");
+	}
+	my $sharedir = `pg_config --sharedir`;
+	chomp $sharedir;
+	my ($default_version) =
+	  slurp_file("$sharedir/extension/eo_processing.control") =~ /default_version\s*=\s*'([^']+)'/;
 	is( $node->safe_psql(
 			'postgres',
 			q{SELECT extversion FROM pg_extension WHERE extname = 'eo_processing'}),
-		'0.1.0',
-		"$name: CREATE EXTENSION works");
+		$default_version,
+		"$name: CREATE EXTENSION installs the default version");
 	is($node->safe_psql('postgres', q{SELECT eo.process('hello')}),
 		't', "$name: eo.process() is true the first time");
 	is($node->safe_psql('postgres', q{SELECT eo.process('hello')}),

@@ -1,0 +1,155 @@
+/*-------------------------------------------------------------------------
+ *
+ * database_guard.c
+ *	  Keeps the relay out of the way of commands that need a database to
+ *	  themselves: DROP DATABASE (with or without FORCE), ALTER DATABASE
+ *	  ... RENAME / SET TABLESPACE, and CREATE DATABASE ... TEMPLATE.
+ *
+ *	  PostgreSQL refuses those while any other session is connected to the
+ *	  database, and a relay worker is such a session.  A ProcessUtility
+ *	  hook (installed when the library is preloaded, so it is active in
+ *	  every backend) asks the database's worker to stop and waits for it
+ *	  before the command runs, and holds the launcher off for a while.  If
+ *	  the database still exists afterwards, the launcher starts the relay
+ *	  again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/utility.h"
+#include "utils/timestamp.h"
+
+#include "eo_processing.h"
+#include "relay.h"
+
+/* How long to hold the relay off, and to wait for it to stop. */
+#define GUARD_HOLD_MS	5000
+#define GUARD_WAIT_MS	10000
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+/*
+ * stop_relay_of
+ *		Stop the relay worker of the named database, if one runs, and keep
+ *		the launcher from starting it again for GUARD_HOLD_MS.
+ */
+static void
+stop_relay_of(const char *datname)
+{
+	Oid			dboid;
+	RelaySlot  *slot;
+	pid_t		pid = 0;
+	int			procno = -1;
+	TimestampTz deadline;
+
+	if (eo_relay == NULL || datname == NULL)
+		return;
+	dboid = get_database_oid(datname, true);
+	if (!OidIsValid(dboid))
+		return;
+
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	slot = eo_relay_find_slot(dboid);
+	if (slot != NULL)
+	{
+		slot->hold_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), GUARD_HOLD_MS);
+		pid = slot->pid;
+		procno = slot->pgprocno;
+		if (pid != 0)
+			slot->wanted = false;	/* the worker exits when it sees this */
+	}
+	LWLockRelease(eo_relay->lock);
+	if (slot == NULL || pid == 0)
+		return;
+
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), GUARD_WAIT_MS);
+	for (;;)
+	{
+		bool		gone;
+
+		LWLockAcquire(eo_relay->lock, LW_SHARED);
+		gone = (slot->dboid != dboid || slot->pid != pid);
+		LWLockRelease(eo_relay->lock);
+		if (gone || GetCurrentTimestamp() >= deadline)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	/* Want it back once the command is done, if the database survives. */
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	if (slot->dboid == dboid)
+		slot->wanted = true;
+	LWLockRelease(eo_relay->lock);
+}
+
+/* The template of CREATE DATABASE, if one is named. */
+static const char *
+createdb_template(CreatedbStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->options)
+	{
+		DefElem    *opt = lfirst(lc);
+
+		if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+			return defGetString(opt);
+	}
+	return NULL;
+}
+
+static void
+guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+					 bool readOnlyTree, ProcessUtilityContext context,
+					 ParamListInfo params, QueryEnvironment *queryEnv,
+					 DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	switch (nodeTag(parsetree))
+	{
+		case T_DropdbStmt:
+			stop_relay_of(((DropdbStmt *) parsetree)->dbname);
+			break;
+		case T_RenameStmt:
+			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+				stop_relay_of(((RenameStmt *) parsetree)->subname);
+			break;
+		case T_AlterDatabaseStmt:
+			stop_relay_of(((AlterDatabaseStmt *) parsetree)->dbname);
+			break;
+		case T_CreatedbStmt:
+			stop_relay_of(createdb_template((CreatedbStmt *) parsetree));
+			break;
+		default:
+			break;
+	}
+
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+							queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+}
+
+void
+eo_database_guard_install(void)
+{
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = guard_ProcessUtility;
+}

@@ -1,0 +1,242 @@
+/*-------------------------------------------------------------------------
+ *
+ * destination.c
+ *	  Parsing and validation of destination options, shared by
+ *	  eo.create_destination() / eo.alter_destination() (through
+ *	  eo.check_destination_options()) and by the relay, so that what is
+ *	  accepted is exactly what the relay understands.
+ *
+ *	  Options of kind "notify":
+ *		channel		  text, 1..63 bytes; default: the message's topic
+ *		max_attempts  integer >= 1; default eo.max_attempts
+ *		retry_delays  array of interval texts (>= 0), the last repeating;
+ *					  default eo.retry_delays
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "common/pg_prng.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "destination.h"
+#include "eo_processing.h"
+#include "relay.h"
+
+PG_FUNCTION_INFO_V1(eo_check_destination_options);
+
+#define EO_MAX_RETRY_DELAYS 100
+
+/* An interval as microseconds (a month counts as 30 days). */
+static int64
+interval_to_us(const Interval *iv)
+{
+	return iv->time + (int64) iv->day * USECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
+/* Parse one retry delay; "what" names it in errors. */
+static int64
+parse_delay(const char *text, const char *what)
+{
+	Datum		d;
+	int64		us;
+
+	d = DirectFunctionCall3(interval_in, CStringGetDatum(text),
+							ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	us = interval_to_us(DatumGetIntervalP(d));
+	if (us < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", what)));
+	return us;
+}
+
+/*
+ * parse_delay_list
+ *		The eo.retry_delays setting: comma-separated intervals.
+ */
+static void
+parse_delay_list(const char *list, DestinationConfig *cfg)
+{
+	char	   *copy = pstrdup(list);
+	List	   *items;
+	ListCell   *lc;
+	int			i = 0;
+
+	if (!SplitIdentifierString(copy, ',', &items) || list_length(items) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("eo.retry_delays must be a comma-separated list of intervals")));
+	cfg->ndelays = Min(list_length(items), EO_MAX_RETRY_DELAYS);
+	cfg->delays_us = palloc(sizeof(int64) * cfg->ndelays);
+	foreach(lc, items)
+	{
+		if (i >= cfg->ndelays)
+			break;
+		cfg->delays_us[i++] = parse_delay((char *) lfirst(lc), "a retry delay");
+	}
+}
+
+/* Error for an option of the wrong JSON type. */
+static void
+bad_option(const char *option, const char *expected)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("option \"%s\" must be %s", option, expected)));
+}
+
+/*
+ * eo_parse_destination
+ *		Validate "options" for "kind" and fill *cfg (palloc'd in the current
+ *		context).  Raises an error naming the first bad option.  Defaults
+ *		come from the eo.max_attempts / eo.retry_delays settings.
+ */
+void
+eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		have_delays = false;
+
+	memset(cfg, 0, sizeof(DestinationConfig));
+	cfg->enabled = true;
+	cfg->max_attempts = eo_default_max_attempts;
+
+	if (kind == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("kind must not be null")));
+	if (strcmp(kind, "notify") == 0)
+		cfg->kind = DEST_NOTIFY;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown destination kind \"%s\"", kind),
+				 errhint("The supported kind is \"notify\".")));
+
+	if (options == NULL || !JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("destination options must be a JSON object")));
+
+	it = JsonbIteratorInit(&options->root);
+	tok = JsonbIteratorNext(&it, &v, true);	/* WJB_BEGIN_OBJECT */
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *name;
+
+		if (tok != WJB_KEY)
+			continue;
+		name = pnstrdup(v.val.string.val, v.val.string.len);
+		tok = JsonbIteratorNext(&it, &v, true);
+		Assert(tok == WJB_VALUE);
+
+		if (strcmp(name, "channel") == 0)
+		{
+			if (v.type != jbvString)
+				bad_option(name, "a string");
+			if (v.val.string.len == 0 || v.val.string.len >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("option \"channel\" must be 1 to %d bytes long", NAMEDATALEN - 1)));
+			cfg->channel = pnstrdup(v.val.string.val, v.val.string.len);
+		}
+		else if (strcmp(name, "max_attempts") == 0)
+		{
+			int32		n;
+
+			if (v.type != jbvNumeric)
+				bad_option(name, "an integer");
+			n = DatumGetInt32(DirectFunctionCall1(numeric_int4,
+												  NumericGetDatum(v.val.numeric)));
+			if (n < 1 ||
+				!DatumGetBool(DirectFunctionCall2(numeric_eq,
+												  NumericGetDatum(v.val.numeric),
+												  DirectFunctionCall1(int4_numeric, Int32GetDatum(n)))))
+				bad_option(name, "an integer of at least 1");
+			cfg->max_attempts = n;
+		}
+		else if (strcmp(name, "retry_delays") == 0)
+		{
+			JsonbIterator *ait;
+			JsonbValue	av;
+			int			n = 0;
+
+			if (v.type != jbvBinary ||
+				!JsonContainerIsArray(v.val.binary.data) ||
+				JsonContainerSize(v.val.binary.data) == 0)
+				bad_option(name, "a non-empty array of intervals");
+			if (JsonContainerSize(v.val.binary.data) > EO_MAX_RETRY_DELAYS)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("option \"retry_delays\" has more than %d entries", EO_MAX_RETRY_DELAYS)));
+			cfg->ndelays = JsonContainerSize(v.val.binary.data);
+			cfg->delays_us = palloc(sizeof(int64) * cfg->ndelays);
+			ait = JsonbIteratorInit(v.val.binary.data);
+			while ((tok = JsonbIteratorNext(&ait, &av, true)) != WJB_DONE)
+			{
+				if (tok != WJB_ELEM)
+					continue;
+				if (av.type != jbvString)
+					bad_option(name, "an array of interval strings, such as [\"1s\", \"1min\"]");
+				cfg->delays_us[n++] = parse_delay(pnstrdup(av.val.string.val, av.val.string.len),
+												  "a retry delay");
+			}
+			have_delays = true;
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown option \"%s\" for destinations of kind \"%s\"", name, kind),
+					 errhint("Options of kind \"notify\" are channel, max_attempts and retry_delays.")));
+	}
+
+	if (!have_delays)
+		parse_delay_list(eo_default_retry_delays, cfg);
+}
+
+/*
+ * eo_retry_delay_us
+ *		How long to wait before the next attempt, after "attempts" failed
+ *		ones: the schedule's entry (the last repeats), with +-20% jitter so
+ *		that messages that failed together do not retry in lockstep.
+ */
+int64
+eo_retry_delay_us(const DestinationConfig *cfg, int attempts)
+{
+	int			i = Min(Max(attempts, 1), cfg->ndelays) - 1;
+	int64		base = cfg->delays_us[i];
+	double		factor = 0.8 + 0.4 * pg_prng_double(&pg_global_prng_state);
+
+	return (int64) (base * factor);
+}
+
+/*
+ * eo.check_destination_options(kind text, options jsonb) RETURNS jsonb
+ *
+ * Raises an error for invalid options; returns the options unchanged.
+ */
+Datum
+eo_check_destination_options(PG_FUNCTION_ARGS)
+{
+	DestinationConfig cfg;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("kind must not be null")));
+	eo_parse_destination(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+						 PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), &cfg);
+	if (PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(PG_GETARG_JSONB_P(1));
+}
