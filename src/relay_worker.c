@@ -95,6 +95,7 @@ static TimestampTz last_logged_at = 0;
 /* Saved plans (prepared once per worker). */
 static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_routes = NULL;
+static SPIPlanPtr plan_dests = NULL;
 static SPIPlanPtr plan_blocked = NULL;
 static SPIPlanPtr plan_move = NULL;
 static SPIPlanPtr plan_hold = NULL;
@@ -102,7 +103,6 @@ static SPIPlanPtr plan_stats = NULL;
 static SPIPlanPtr plan_due = NULL;
 static SPIPlanPtr plan_done = NULL;
 static SPIPlanPtr plan_failed = NULL;
-static SPIPlanPtr plan_error_stats = NULL;
 static SPIPlanPtr plan_next_retry = NULL;
 
 static void
@@ -223,20 +223,66 @@ deliver(const DestinationConfig *dest, const EoMessage *msg)
 }
 
 /*
+ * load_destinations
+ *		Every destination with its parsed configuration (a List of
+ *		DestinationConfig), read in the current transaction.
+ */
+static List *
+load_destinations(void)
+{
+	List	   *dests = NIL;
+
+	prepare(&plan_dests,
+			"SELECT id, name, kind, options, enabled FROM eo.destination ORDER BY id",
+			0, NULL);
+	if (SPI_execute_plan(plan_dests, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "eo_processing relay: could not read destinations");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		DestinationConfig *dest = palloc0(sizeof(DestinationConfig));
+		bool		isnull;
+
+		eo_parse_destination(TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)),
+							 DatumGetJsonbP(SPI_getbinval(tup, desc, 4, &isnull)),
+							 dest);
+		dest->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		dest->name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		dest->enabled = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		dests = lappend(dests, dest);
+	}
+	return dests;
+}
+
+/* The destination with this id in a list from load_destinations(). */
+static DestinationConfig *
+find_destination(List *dests, int32 id)
+{
+	ListCell   *lc;
+
+	foreach(lc, dests)
+	{
+		if (((DestinationConfig *) lfirst(lc))->id == id)
+			return lfirst(lc);
+	}
+	return NULL;
+}
+
+/*
  * load_routes
- *		Every subscription with its destination's parsed configuration.
- *		Returns a List of Route; *dests gets the distinct destinations.
+ *		Every subscription, pointing at its destination in *dests (which
+ *		this fills with load_destinations()).  Returns a List of Route.
  */
 static List *
 load_routes(List **dests)
 {
 	List	   *routes = NIL;
 
-	*dests = NIL;
+	*dests = load_destinations();
 	prepare(&plan_routes,
-			"SELECT s.topic, d.id, d.name, d.kind, d.options, d.enabled"
-			"  FROM eo.subscription s JOIN eo.destination d ON d.id = s.destination_id"
-			" ORDER BY d.id",
+			"SELECT topic, destination_id FROM eo.subscription ORDER BY destination_id, topic",
 			0, NULL);
 	if (SPI_execute_plan(plan_routes, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read subscriptions");
@@ -247,26 +293,11 @@ load_routes(List **dests)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		Route	   *r = palloc0(sizeof(Route));
 		bool		isnull;
-		int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		DestinationConfig *dest = NULL;
-		ListCell   *lc;
 
-		foreach(lc, *dests)
-		{
-			if (((DestinationConfig *) lfirst(lc))->id == id)
-				dest = lfirst(lc);
-		}
-		if (dest == NULL)
-		{
-			dest = palloc0(sizeof(DestinationConfig));
-			eo_parse_destination(TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull)),
-								 DatumGetJsonbP(SPI_getbinval(tup, desc, 5, &isnull)),
-								 dest);
-			dest->id = id;
-			dest->name = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-			dest->enabled = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-			*dests = lappend(*dests, dest);
-		}
+		r->dest = find_destination(*dests,
+								   DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)));
+		if (r->dest == NULL)
+			continue;			/* cannot happen: foreign key */
 		r->pattern = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 		r->pattern_len = strlen(r->pattern);
 		if (r->pattern_len > 0 && r->pattern[r->pattern_len - 1] == '*')
@@ -274,7 +305,6 @@ load_routes(List **dests)
 			r->is_prefix = true;
 			r->pattern_len--;
 		}
-		r->dest = dest;
 		routes = lappend(routes, r);
 	}
 	return routes;
@@ -610,7 +640,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 
 	if (ndue > 0)
 	{
-		(void) load_routes(&dests);
+		dests = load_destinations();
 		delivered = palloc0(sizeof(int64) * (list_length(dests) + 1));
 		errors = palloc0(sizeof(char *) * (list_length(dests) + 1));
 		outcome_init(&done);
@@ -622,26 +652,14 @@ retry_batch(int limit, TimestampTz *next_retry)
 			bool		isnull;
 			int32		dest_id = DatumGetInt32(SPI_getbinval(tup, due->tupdesc, 1, &isnull));
 			int32		attempts = DatumGetInt32(SPI_getbinval(tup, due->tupdesc, 2, &isnull));
-			DestinationConfig *dest = NULL;
+			DestinationConfig *dest;
 			EoMessage	msg;
 			const char *error;
-			ListCell   *lc;
 
 			CHECK_FOR_INTERRUPTS();
 			message_from_spi(&msg, tup, due->tupdesc, 3);
-			foreach(lc, dests)
-			{
-				if (((DestinationConfig *) lfirst(lc))->id == dest_id)
-					dest = lfirst(lc);
-			}
-			if (dest == NULL)
-			{
-				/*
-				 * No subscription leads to the destination any more; deliver
-				 * with its stored options all the same.
-				 */
-				continue;
-			}
+			dest = find_destination(dests, dest_id);
+			Assert(dest != NULL);	/* the query joined eo.destination */
 
 			error = deliver(dest, &msg);
 			if (error == NULL)
@@ -698,7 +716,6 @@ retry_batch(int limit, TimestampTz *next_retry)
 	prepare(&plan_next_retry,
 			"SELECT min(next_attempt_at) FROM eo.delivery WHERE state = 'retrying'",
 			0, NULL);
-	(void) plan_error_stats;
 	if (SPI_execute_plan(plan_next_retry, NULL, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
@@ -871,9 +888,9 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 static void
 forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_claim, &plan_routes, &plan_blocked, &plan_move,
+	SPIPlanPtr *plans[] = {&plan_claim, &plan_routes, &plan_dests, &plan_blocked, &plan_move,
 		&plan_hold, &plan_stats, &plan_due, &plan_done, &plan_failed,
-	&plan_error_stats, &plan_next_retry};
+		&plan_next_retry};
 
 	for (int i = 0; i < lengthof(plans); i++)
 	{
