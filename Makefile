@@ -33,13 +33,13 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 	-Wno-sign-compare $(EO_CFLAGS)
 
 # pg_regress: sql/ and expected/ at the top level.
-REGRESS = inbox process_seq bad_input privileges objects
+REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf
 
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
-	inbox_prepared process_seq_races
+	inbox_prepared process_seq_races outbox_keys
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

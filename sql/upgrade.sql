@@ -1,0 +1,113 @@
+-- Upgrade from 0.1.0 to 0.2.0: the inbox's data survives, the outbox's
+-- objects appear and work, and the upgraded extension has exactly the
+-- objects (and definitions and privileges) of a fresh installation.
+CREATE EXTENSION eo_processing VERSION '0.1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+SELECT to_regclass('eo.outbox') IS NULL AS no_outbox_yet,
+       to_regprocedure('eo.publish(text,jsonb,text,jsonb)') IS NULL AS no_publish_yet;
+
+-- Use 0.1.0.
+SELECT eo.process('m-1') AS first, eo.process('m-1') AS again;
+SELECT eo.process('m-2', 'billing', 'infinity');
+SELECT eo.set_result('m-1', '{"charged": 100}');
+SELECT eo.process_seq('producer-1', 7) AS seq_7;
+CREATE ROLE regress_eo_upgrade_app;
+GRANT USAGE ON SCHEMA eo TO regress_eo_upgrade_app;
+GRANT EXECUTE ON FUNCTION eo.process(text, text, interval) TO regress_eo_upgrade_app;
+
+ALTER EXTENSION eo_processing UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+
+-- The inbox's data survived, and the inbox works as before.
+SELECT consumer, msg_id, result, expires_at = 'infinity' AS forever
+  FROM eo.inbox ORDER BY consumer, msg_id;
+SELECT consumer, producer, last_seq FROM eo.producer_seq;
+SELECT eo.process('m-1') AS m1_again, eo.result('m-1') AS m1_result;
+SELECT eo.process_seq('producer-1', 7) AS seq_7_again,
+       eo.process_seq('producer-1', 8) AS seq_8;
+-- Grants made on 0.1.0 objects are kept.
+SET ROLE regress_eo_upgrade_app;
+SELECT eo.process('m-3') AS app_processes;
+RESET ROLE;
+
+-- The new objects exist and work.
+\dx+ eo_processing
+SELECT eo.publish('upgraded', '{"ok": true}'::jsonb, 'k') AS id \gset
+SELECT eo.message(:'id') - 'id' - 'published_at' AS envelope;
+SELECT topic, key, payload FROM eo.outbox;
+SELECT eo.create_destination('d', 'notify');
+SELECT eo.subscribe('upgraded', 'd');
+SELECT destination, pending, dead, delivered_total FROM eo.stats;
+SELECT count(*) AS relay_rows FROM eo.relay_status WHERE datname = current_database();
+
+-- Remember what the upgrade produced: every member object with its
+-- definition and privileges, and the tables pg_dump keeps.
+CREATE TEMP TABLE member_signature (what text, signature text);
+CREATE FUNCTION pg_temp.members()
+RETURNS TABLE (what text, signature text)
+LANGUAGE sql AS $$
+    SELECT pg_describe_object(d.classid, d.objid, d.objsubid),
+           concat_ws(' | ',
+               CASE WHEN d.classid = 'pg_proc'::regclass THEN
+                   (SELECT pg_get_functiondef(p.oid) || ' acl=' || coalesce(p.proacl::text, 'NULL')
+                           || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), 'NULL')
+                      FROM pg_proc p WHERE p.oid = d.objid) END,
+               CASE WHEN d.classid = 'pg_class'::regclass THEN
+                   (SELECT c.relkind::text || ' acl=' || coalesce(c.relacl::text, 'NULL')
+                           || ' options=' || coalesce(c.reloptions::text, 'NULL')
+                           || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), 'NULL')
+                           || ' columns=' || coalesce((
+                               SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                                                 || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                                                 || ' collation ' || a.attcollation::regcollation::text
+                                                 || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), ''),
+                                                 ', ' ORDER BY a.attnum)
+                                 FROM pg_attribute a
+                                 LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+                           || ' indexes=' || coalesce((
+                               SELECT string_agg(pg_get_indexdef(i.indexrelid),
+                                                 '; ' ORDER BY pg_get_indexdef(i.indexrelid))
+                                 FROM pg_index i WHERE i.indrelid = c.oid), '')
+                           || ' constraints=' || coalesce((
+                               SELECT string_agg(k.conname || ' ' || pg_get_constraintdef(k.oid), '; ' ORDER BY k.conname)
+                                 FROM pg_constraint k WHERE k.conrelid = c.oid), '')
+                           || ' view=' || coalesce(pg_get_viewdef(c.oid), 'NULL')
+                      FROM pg_class c WHERE c.oid = d.objid) END,
+               CASE WHEN d.classid = 'pg_namespace'::regclass THEN
+                   (SELECT 'acl=' || coalesce(n.nspacl::text, 'NULL')
+                      FROM pg_namespace n WHERE n.oid = d.objid) END)
+      FROM pg_depend d
+     WHERE d.refclassid = 'pg_extension'::regclass
+       AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'eo_processing')
+       AND d.deptype = 'e'
+    UNION ALL
+    SELECT 'extension configuration', string_agg(c.relname || ' ' || coalesce(e.extcondition[t.n], ''), ', '
+                                                ORDER BY c.relname)
+      FROM pg_extension e, unnest(e.extconfig) WITH ORDINALITY AS t(oid, n)
+      JOIN pg_class c ON c.oid = t.oid
+     WHERE e.extname = 'eo_processing'
+$$;
+INSERT INTO member_signature SELECT * FROM pg_temp.members();
+SELECT count(*) AS members FROM member_signature WHERE what <> 'extension configuration';
+
+-- A fresh installation of the default version, to compare with.
+DROP EXTENSION eo_processing;
+CREATE EXTENSION eo_processing;
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+GRANT USAGE ON SCHEMA eo TO regress_eo_upgrade_app;
+GRANT EXECUTE ON FUNCTION eo.process(text, text, interval) TO regress_eo_upgrade_app;
+
+-- Same objects (none missing, none extra) ...
+(SELECT what FROM member_signature EXCEPT SELECT what FROM pg_temp.members())
+UNION ALL
+(SELECT what FROM pg_temp.members() EXCEPT SELECT what FROM member_signature)
+ORDER BY 1;
+-- ... with the same definitions, privileges and comments.
+SELECT u.what AS differs
+  FROM member_signature u JOIN pg_temp.members() f USING (what)
+ WHERE u.signature IS DISTINCT FROM f.signature
+ ORDER BY 1;
+
+DROP EXTENSION eo_processing;
+DROP ROLE regress_eo_upgrade_app;
