@@ -163,7 +163,10 @@ AS $$
 DECLARE
     new_id integer;
 BEGIN
-    IF name IS NULL OR name = '' THEN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF name = '' THEN
         RAISE EXCEPTION 'destination name must not be empty'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -192,6 +195,9 @@ AS $$
 DECLARE
     d eo.destination;
 BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO d FROM eo.destination x WHERE x.name = alter_destination.name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', name
@@ -214,6 +220,9 @@ DECLARE
     d eo.destination;
     unfinished bigint;
 BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO d FROM eo.destination x WHERE x.name = drop_destination.name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', name
@@ -240,6 +249,10 @@ DECLARE
     dest_id integer;
 BEGIN
     PERFORM eo.check_topic_pattern(topic);
+    IF destination IS NULL THEN
+        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
     SELECT id INTO dest_id FROM eo.destination d WHERE d.name = subscribe.destination;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', destination
@@ -257,6 +270,12 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF topic IS NULL THEN
+        RAISE EXCEPTION 'topic must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF destination IS NULL THEN
+        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     DELETE FROM eo.subscription s
      USING eo.destination d
      WHERE d.id = s.destination_id
@@ -276,7 +295,10 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF topic IS NULL OR topic = '' THEN
+    IF topic IS NULL THEN
+        RAISE EXCEPTION 'topic must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF topic = '' THEN
         RAISE EXCEPTION 'topic must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF octet_length(topic) > 256 THEN
@@ -299,6 +321,9 @@ DECLARE
     dest_id integer;
     n bigint;
 BEGIN
+    IF destination IS NULL THEN
+        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT id INTO dest_id FROM eo.destination d WHERE d.name = redrive.destination;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', destination

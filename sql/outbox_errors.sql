@@ -166,4 +166,19 @@ SELECT eo.redrive('missing');
 SELECT eo.subscribe('a*b', 'd');
 SELECT eo.unsubscribe('t.*', 'd');
 
+-- Limits that keep every message deliverable as a NOTIFY: headers up to
+-- 4096 bytes as stored, retry delays up to 365 days, max_attempts up to
+-- 1000000; errors name the option.
+SELECT eo.publish('t', '{}'::jsonb, NULL,
+                  jsonb_build_object('h', repeat('x', 5000)));
+SELECT eo.publish('t', '{}'::jsonb, NULL,
+                  jsonb_build_object('h', repeat('x', 3000))) IS NOT NULL AS fits;
+SELECT eo.check_destination_options('notify', '{"retry_delays": ["400 days"]}');
+SELECT eo.check_destination_options('notify', '{"retry_delays": ["-1000000 years"]}');
+SELECT eo.check_destination_options('notify', '{"retry_delays": ["bogus"]}');
+SELECT eo.check_destination_options('notify', '{"max_attempts": 1e10}');
+SELECT eo.check_destination_options('notify', '{"max_attempts": 1000000, "retry_delays": ["365 days"]}') IS NOT NULL AS at_the_limits;
+SELECT eo.create_destination(NULL, 'notify');
+SELECT eo.subscribe(NULL, 'd');
+
 DROP EXTENSION eo_processing;

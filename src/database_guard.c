@@ -13,6 +13,10 @@
  *	  the database still exists afterwards, the launcher starts the relay
  *	  again.
  *
+ *	  The same hook wakes the relay after COMMIT PREPARED: a prepared
+ *	  transaction that published commits in another session, where the
+ *	  publisher's commit callback does not run.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -145,6 +149,11 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 								queryEnv, dest, qc);
+
+	/* Cheap and harmless when the prepared transaction published nothing. */
+	if (IsA(parsetree, TransactionStmt) &&
+		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED)
+		eo_relay_wake_database(MyDatabaseId);
 }
 
 void

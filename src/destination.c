@@ -33,29 +33,43 @@ PG_FUNCTION_INFO_V1(eo_check_destination_options);
 
 #define EO_MAX_RETRY_DELAYS 100
 
-/* An interval as microseconds (a month counts as 30 days). */
-static int64
-interval_to_us(const Interval *iv)
-{
-	return iv->time + (int64) iv->day * USECS_PER_DAY +
-		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
-}
+/* Longest accepted retry delay. */
+#define EO_MAX_RETRY_DELAY_US	((int64) 365 * USECS_PER_DAY)
 
-/* Parse one retry delay; "what" names it in errors. */
+/*
+ * parse_delay
+ *		One retry delay in microseconds (a month counts as 30 days); "what"
+ *		names it in errors.  Computed in floating point so that absurd
+ *		values are refused instead of overflowing.
+ */
 static int64
 parse_delay(const char *text, const char *what)
 {
 	Datum		d;
-	int64		us;
+	Interval   *iv;
+	double		us;
 
 	d = DirectFunctionCall3(interval_in, CStringGetDatum(text),
 							ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-	us = interval_to_us(DatumGetIntervalP(d));
+	iv = DatumGetIntervalP(d);
+	us = (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
 	if (us < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be negative", what)));
-	return us;
+	if (us > (double) EO_MAX_RETRY_DELAY_US)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be longer than 365 days", what)));
+	return (int64) us;
+}
+
+/* Error context: name the option being checked. */
+static void
+option_error_context(void *arg)
+{
+	errcontext("destination option \"%s\"", (const char *) arg);
 }
 
 /*
@@ -133,12 +147,18 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		char	   *name;
+		ErrorContextCallback errcallback;
 
 		if (tok != WJB_KEY)
 			continue;
 		name = pnstrdup(v.val.string.val, v.val.string.len);
 		tok = JsonbIteratorNext(&it, &v, true);
 		Assert(tok == WJB_VALUE);
+
+		errcallback.callback = option_error_context;
+		errcallback.arg = name;
+		errcallback.previous = error_context_stack;
+		error_context_stack = &errcallback;
 
 		if (strcmp(name, "channel") == 0)
 		{
@@ -156,13 +176,17 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 
 			if (v.type != jbvNumeric)
 				bad_option(name, "an integer");
+			if (DatumGetBool(DirectFunctionCall2(numeric_gt,
+												 NumericGetDatum(v.val.numeric),
+												 DirectFunctionCall1(int4_numeric, Int32GetDatum(1000000)))))
+				bad_option(name, "an integer between 1 and 1000000");
 			n = DatumGetInt32(DirectFunctionCall1(numeric_int4,
 												  NumericGetDatum(v.val.numeric)));
 			if (n < 1 ||
 				!DatumGetBool(DirectFunctionCall2(numeric_eq,
 												  NumericGetDatum(v.val.numeric),
 												  DirectFunctionCall1(int4_numeric, Int32GetDatum(n)))))
-				bad_option(name, "an integer of at least 1");
+				bad_option(name, "an integer between 1 and 1000000");
 			cfg->max_attempts = n;
 		}
 		else if (strcmp(name, "retry_delays") == 0)
@@ -189,7 +213,7 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 				if (av.type != jbvString)
 					bad_option(name, "an array of interval strings, such as [\"1s\", \"1min\"]");
 				cfg->delays_us[n++] = parse_delay(pnstrdup(av.val.string.val, av.val.string.len),
-												  "a retry delay");
+												  "every entry of \"retry_delays\"");
 			}
 			have_delays = true;
 		}
@@ -198,6 +222,8 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\" for destinations of kind \"%s\"", name, kind),
 					 errhint("Options of kind \"notify\" are channel, max_attempts and retry_delays.")));
+
+		error_context_stack = errcallback.previous;
 	}
 
 	if (!have_delays)

@@ -64,7 +64,7 @@ append_timestamp(StringInfo buf, TimestampTz ts)
 }
 
 static void
-append_common(StringInfo buf, const EoMessage *msg)
+append_common(StringInfo buf, const EoMessage *msg, bool with_headers)
 {
 	char	   *id = eo_uuid_to_cstring(&msg->id);
 
@@ -78,7 +78,7 @@ append_common(StringInfo buf, const EoMessage *msg)
 	else
 		appendStringInfoString(buf, "null");
 	appendStringInfoString(buf, ", \"headers\": ");
-	if (msg->headers)
+	if (msg->headers && with_headers)
 		(void) JsonbToCString(buf, &msg->headers->root, VARSIZE(msg->headers));
 	else
 		appendStringInfoString(buf, "null");
@@ -91,9 +91,9 @@ append_common(StringInfo buf, const EoMessage *msg)
  * eo_envelope
  *		The message as a JSON text; palloc'd in the current context.  With
  *		max_bytes > 0 the result is shorter than max_bytes: the payload is
- *		dropped (and "truncated": true set) when it does not fit.  Headers,
- *		topic and key are bounded in size, so the short form always fits a
- *		NOTIFY.
+ *		dropped (and "truncated": true set) when it does not fit.  Headers
+ *		(4 kB), topic (256 bytes) and key (1 kB) are bounded, so the short
+ *		form fits a NOTIFY.
  */
 char *
 eo_envelope(const EoMessage *msg, int max_bytes)
@@ -102,7 +102,7 @@ eo_envelope(const EoMessage *msg, int max_bytes)
 	int			common_len;
 
 	initStringInfo(&buf);
-	append_common(&buf, msg);
+	append_common(&buf, msg, true);
 	common_len = buf.len;
 
 	appendStringInfoString(&buf, ", \"payload\": ");
@@ -118,6 +118,17 @@ eo_envelope(const EoMessage *msg, int max_bytes)
 	{
 		buf.len = common_len;
 		buf.data[buf.len] = '\0';
+		appendStringInfoString(&buf, ", \"truncated\": true}");
+	}
+	if (max_bytes > 0 && buf.len >= max_bytes)
+	{
+		/*
+		 * Cannot happen within the documented limits of topic, key and
+		 * headers; if it does, leave the headers out as well rather than
+		 * fail the delivery.
+		 */
+		resetStringInfo(&buf);
+		append_common(&buf, msg, false);
 		appendStringInfoString(&buf, ", \"truncated\": true}");
 	}
 	return buf.data;

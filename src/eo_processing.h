@@ -24,7 +24,8 @@
  * front with a clear message instead of failing inside an index insertion.
  */
 #define EO_MAX_MSG_ID_BYTES		1024
-#define EO_MAX_NAME_BYTES		256		/* consumer and producer names */
+#define EO_MAX_NAME_BYTES		256		/* consumer, producer names, topics */
+#define EO_MAX_HEADERS_BYTES	4096	/* message headers, as stored */
 
 /* GUC variables (eo_processing.c) */
 extern int	eo_dedup_retention_secs;	/* -1 means forever */

@@ -226,6 +226,12 @@ check_headers(Jsonb *headers)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object")));
+	if (VARSIZE(headers) > EO_MAX_HEADERS_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("headers are too large"),
+				 errdetail("They take %d bytes; the limit is %d bytes.",
+						   (int) VARSIZE(headers), EO_MAX_HEADERS_BYTES)));
 
 	it = JsonbIteratorInit(&headers->root);
 	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)

@@ -279,6 +279,8 @@ eo_wake_relay(PG_FUNCTION_ARGS)
 static const char *
 relay_state_name(RelayState state, bool running)
 {
+	if (!eo_relay_enabled)
+		return "disabled: eo.relay_enabled is off";
 	if (!running)
 		return "stopped";
 	switch (state)

@@ -811,13 +811,42 @@ quarantine_head(void)
 	return 1;
 }
 
+/*
+ * give_up_head_delivery
+ *		Last resort for a delivery whose retry fails with an error even when
+ *		retried alone: mark the first due delivery dead, with the error.
+ */
+static int
+give_up_head_delivery(void)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(last_logged_error)};
+
+	if (SPI_execute_with_args(
+							  "UPDATE eo.delivery d SET state = 'dead', last_error = $1,"
+							  "       last_attempt_at = now(), next_attempt_at = 'infinity'"
+							  "  FROM (SELECT destination_id, message_id FROM eo.delivery"
+							  "         WHERE state IN ('pending', 'retrying') AND next_attempt_at <= now()"
+							  "         ORDER BY message_id LIMIT 1) AS h"
+							  " WHERE d.destination_id = h.destination_id AND d.message_id = h.message_id",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "eo_processing relay: could not give up a delivery");
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("eo_processing relay of database %u: marked a delivery that cannot be retried as dead",
+						my_dboid),
+				 errdetail("%s", last_logged_error)));
+	return (int) SPI_processed;
+}
+
 typedef enum StepKind
 {
 	STEP_ROUTE,
 	STEP_RETRY,
 	STEP_HOUSEKEEPING,
 	STEP_CHECK_EXTENSION,
-	STEP_QUARANTINE
+	STEP_QUARANTINE,
+	STEP_GIVE_UP
 } StepKind;
 
 /*
@@ -829,7 +858,7 @@ static bool
 run_step(StepKind kind, int *result, TimestampTz *next_retry)
 {
 	static const char *const names[] = {"routing", "retrying", "housekeeping",
-	"checking the extension", "quarantining a message"};
+	"checking the extension", "quarantining a message", "giving up a delivery"};
 	volatile bool ok = true;
 
 	PG_TRY();
@@ -857,6 +886,9 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 				break;
 			case STEP_QUARANTINE:
 				*result = quarantine_head();
+				break;
+			case STEP_GIVE_UP:
+				*result = give_up_head_delivery();
 				break;
 		}
 
@@ -1006,35 +1038,37 @@ eo_relay_worker_main(Datum main_arg)
 
 		if (eo_relay_enabled)
 		{
-			bool		route_failed;
+			bool		route_ok;
+			bool		retry_ok = true;
+			bool		housekeeping_ok = true;
 
 			set_state(RELAY_ROUTING);
-			ok = run_step(STEP_ROUTE, &n, NULL);
-			route_failed = !ok;
-			if (ok && n >= batch_limit)
+			route_ok = run_step(STEP_ROUTE, &n, NULL);
+			if (route_ok && n >= batch_limit)
 				more = true;
-			if (ok && (n == 0 || deliveries_added))
+			if (route_ok && (n == 0 || deliveries_added))
 				retry_needed = true;	/* new held deliveries, or a redrive */
 
 			now = GetCurrentTimestamp();
-			if (ok && (retry_needed || now >= next_retry))
+			if (retry_needed || now >= next_retry)
 			{
 				set_state(RELAY_RETRYING);
 				next_retry = DT_NOEND;
-				ok = run_step(STEP_RETRY, &n, &next_retry);
-				retry_needed = ok && n > 0;
+				retry_ok = run_step(STEP_RETRY, &n, &next_retry);
+				retry_needed = retry_ok && n > 0;
 				if (retry_needed)
 					more = true;
 			}
 
-			if (ok && now >= next_housekeeping)
+			if (now >= next_housekeeping)
 			{
 				set_state(RELAY_HOUSEKEEPING);
-				ok = run_step(STEP_HOUSEKEEPING, &n, NULL);
+				housekeeping_ok = run_step(STEP_HOUSEKEEPING, &n, NULL);
 				next_housekeeping = TimestampTzPlusMilliseconds(now,
 																(int64) eo_relay_naptime_secs * 1000);
 			}
 
+			ok = route_ok && retry_ok && housekeeping_ok;
 			if (ok)
 			{
 				consecutive_errors = 0;
@@ -1045,20 +1079,24 @@ eo_relay_worker_main(Datum main_arg)
 			{
 				/*
 				 * Isolate a bad message by halving the batch; once a batch of
-				 * one has failed three times, set that message aside.  Back
-				 * off in any case.
+				 * one has failed three times, set that message (or delivery)
+				 * aside.  Back off in any case.
 				 */
 				consecutive_errors++;
-				if (route_failed && batch_limit == 1 && consecutive_errors >= 3)
+				forget_plans();
+				if (batch_limit == 1 && consecutive_errors >= 3)
 				{
-					forget_plans();
-					(void) run_step(STEP_QUARANTINE, &n, NULL);
+					if (!route_ok)
+						(void) run_step(STEP_QUARANTINE, &n, NULL);
+					else if (!retry_ok)
+						(void) run_step(STEP_GIVE_UP, &n, NULL);
 				}
 				batch_limit = Max(batch_limit / 2, 1);
-				forget_plans();
 				exit_if_unwanted();
 				more = false;
 				retry_needed = true;
+				if (next_retry == DT_NOEND)
+					next_retry = 0;
 			}
 		}
 
