@@ -361,6 +361,19 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'eo_relay_status'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
+-- The relay keeps destinations and subscriptions in memory; any change to
+-- them (through the functions above or directly) tells it to reload.
+CREATE FUNCTION eo.config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'eo_config_changed'
+LANGUAGE C;
+CREATE TRIGGER destination_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eo.destination
+    FOR EACH STATEMENT EXECUTE FUNCTION eo.config_changed();
+CREATE TRIGGER subscription_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eo.subscription
+    FOR EACH STATEMENT EXECUTE FUNCTION eo.config_changed();
+
 CREATE VIEW eo.relay_status AS
     SELECT * FROM eo.relay_status();
 COMMENT ON VIEW eo.relay_status IS
@@ -459,6 +472,7 @@ REVOKE ALL ON FUNCTION
     eo.check_topic_pattern(text),
     eo.redrive(text),
     eo.wake_relay(),
+    eo.config_changed(),
     eo.relay_status(),
     eo.purge_delivered(bigint)
 FROM PUBLIC;

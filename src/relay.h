@@ -41,6 +41,9 @@ typedef struct RelaySlot
 	Oid			dboid;
 	bool		wanted;
 	bool		running;		/* a worker was started for this slot */
+	bool		retry_requested;	/* eo.wake_relay(): look at deliveries */
+	uint32		config_generation;	/* bumped when destinations or
+									 * subscriptions change */
 	pid_t		pid;			/* worker's pid once it runs, else 0 */
 	int			pgprocno;		/* worker's PGPROC number, or -1 */
 	RelayState	state;
@@ -72,6 +75,7 @@ extern void eo_relay_request(Oid dboid);
 extern void eo_relay_wake_database(Oid dboid);
 extern void eo_relay_wake_launcher(void);
 extern void eo_relay_release_database(Oid dboid);
+extern void eo_relay_config_changed(Oid dboid);
 
 /* relay GUCs (eo_processing.c) */
 extern bool eo_relay_enabled;

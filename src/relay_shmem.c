@@ -19,6 +19,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/trigger.h"
 #include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -33,6 +34,7 @@
 #include "relay.h"
 
 PG_FUNCTION_INFO_V1(eo_wake_relay);
+PG_FUNCTION_INFO_V1(eo_config_changed);
 PG_FUNCTION_INFO_V1(eo_relay_status);
 
 RelayShared *eo_relay = NULL;
@@ -42,6 +44,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_at_commit_registered = false;
 static bool start_at_commit = false;
+static bool config_changed_at_commit = false;
 
 /* One slot per possible background worker is always enough. */
 static int
@@ -165,6 +168,7 @@ eo_relay_request(Oid dboid)
 			slot->pgprocno = -1;
 		}
 		slot->wanted = true;
+		slot->retry_requested = true;
 		slot->hold_until = 0;
 		procno = slot->pgprocno;
 	}
@@ -229,23 +233,59 @@ eo_relay_release_database(Oid dboid)
 	LWLockRelease(eo_relay->lock);
 }
 
-/* Commit callback of eo.wake_relay(): start or wake the relay. */
+/*
+ * eo_relay_config_changed
+ *		Tell the database's relay to reload destinations and subscriptions.
+ */
+void
+eo_relay_config_changed(Oid dboid)
+{
+	RelaySlot  *slot;
+
+	if (eo_relay == NULL)
+		return;
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	slot = eo_relay_find_slot(dboid);
+	if (slot != NULL)
+		slot->config_generation++;
+	LWLockRelease(eo_relay->lock);
+}
+
+/*
+ * Commit callback of eo.wake_relay() and eo.config_changed(): start or wake
+ * the relay, and have it reload its configuration.  Runs after the commit
+ * is visible to other transactions.
+ */
 static void
 wake_relay_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			if (config_changed_at_commit)
+				eo_relay_config_changed(MyDatabaseId);
 			if (start_at_commit)
 				eo_relay_request(MyDatabaseId);
 			start_at_commit = false;
+			config_changed_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			start_at_commit = false;
+			config_changed_at_commit = false;
 			break;
 		default:
 			break;
+	}
+}
+
+static void
+register_wake_callback(void)
+{
+	if (!wake_at_commit_registered)
+	{
+		RegisterXactCallback(wake_relay_xact_callback, NULL);
+		wake_at_commit_registered = true;
 	}
 }
 
@@ -267,13 +307,31 @@ eo_wake_relay(PG_FUNCTION_ARGS)
 				 errhint("Add eo_processing to shared_preload_libraries and restart the server.")));
 		PG_RETURN_VOID();
 	}
-	if (!wake_at_commit_registered)
-	{
-		RegisterXactCallback(wake_relay_xact_callback, NULL);
-		wake_at_commit_registered = true;
-	}
+	register_wake_callback();
 	start_at_commit = true;
 	PG_RETURN_VOID();
+}
+
+/*
+ * eo.config_changed(): statement trigger on eo.destination and
+ * eo.subscription.  At commit, the relay is told to reload them (it keeps
+ * them in memory between batches) and woken, since held deliveries may now
+ * be deliverable.
+ */
+Datum
+eo_config_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("eo.config_changed() must be called as a trigger")));
+	if (eo_relay != NULL)
+	{
+		register_wake_callback();
+		config_changed_at_commit = true;
+		start_at_commit = true;
+	}
+	return PointerGetDatum(NULL);
 }
 
 static const char *

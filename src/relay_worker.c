@@ -88,6 +88,19 @@ static Oid	my_dboid = InvalidOid;
 static MemoryContext loop_cxt = NULL;
 static int	batch_limit = 0;	/* shrinks after errors, grows back */
 static bool deliveries_added = false;	/* the last routing batch held some */
+
+/*
+ * Destinations and subscriptions, kept between batches in config_cxt and
+ * reloaded when the slot's config_generation moves (a statement trigger on
+ * the tables bumps it at commit).  The generation is read before each
+ * step's snapshot is taken, so a change is never missed.
+ */
+static MemoryContext config_cxt = NULL;
+static List *cached_dests = NIL;
+static List *cached_routes = NIL;
+static bool config_loaded = false;
+static uint32 config_seen = 0;
+static uint32 config_at_step_start = 0;
 static int	consecutive_errors = 0;
 static char last_logged_error[EO_RELAY_ERROR_LEN];
 static TimestampTz last_logged_at = 0;
@@ -310,6 +323,24 @@ load_routes(List **dests)
 	return routes;
 }
 
+/* Load destinations and subscriptions unless the cached ones are current. */
+static void
+ensure_config(void)
+{
+	MemoryContext oldcxt;
+
+	if (config_loaded && config_seen == config_at_step_start)
+		return;
+	config_loaded = false;
+	MemoryContextReset(config_cxt);
+	cached_dests = NIL;
+	oldcxt = MemoryContextSwitchTo(config_cxt);
+	cached_routes = load_routes(&cached_dests);
+	MemoryContextSwitchTo(oldcxt);
+	config_seen = config_at_step_start;
+	config_loaded = true;
+}
+
 /* Does a route's pattern match a topic? */
 static bool
 route_matches(const Route *r, const char *topic)
@@ -473,7 +504,9 @@ route_batch(int limit)
 	if (nclaimed == 0)
 		return 0;
 
-	routes = load_routes(&dests);
+	ensure_config();
+	routes = cached_routes;
+	dests = cached_dests;
 	blocked = blocked_keys_load();
 	delivered = palloc0(sizeof(int64) * (list_length(dests) + 1));
 	errors = palloc0(sizeof(char *) * (list_length(dests) + 1));
@@ -640,7 +673,8 @@ retry_batch(int limit, TimestampTz *next_retry)
 
 	if (ndue > 0)
 	{
-		dests = load_destinations();
+		ensure_config();
+		dests = cached_dests;
 		delivered = palloc0(sizeof(int64) * (list_length(dests) + 1));
 		errors = palloc0(sizeof(char *) * (list_length(dests) + 1));
 		outcome_init(&done);
@@ -861,6 +895,7 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 	"checking the extension", "quarantining a message", "giving up a delivery"};
 	volatile bool ok = true;
 
+	config_at_step_start = my_slot->config_generation;
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
@@ -916,7 +951,10 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 	return ok;
 }
 
-/* Forget saved plans (after an error they may refer to dropped objects). */
+/*
+ * Forget saved plans and the cached configuration (after an error they may
+ * refer to dropped objects).
+ */
 static void
 forget_plans(void)
 {
@@ -930,6 +968,7 @@ forget_plans(void)
 			SPI_freeplan(*plans[i]);
 		*plans[i] = NULL;
 	}
+	config_loaded = false;
 }
 
 /* Exit cleanly if the extension is gone or the launcher let go of us. */
@@ -1008,6 +1047,8 @@ eo_relay_worker_main(Datum main_arg)
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing relay loop",
 									 ALLOCSET_DEFAULT_SIZES);
+	config_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing relay configuration",
+									   ALLOCSET_SMALL_SIZES);
 	MemoryContextSwitchTo(loop_cxt);
 	batch_limit = eo_relay_batch_size;
 
@@ -1035,6 +1076,12 @@ eo_relay_worker_main(Datum main_arg)
 
 		if (!my_slot->wanted)
 			exit_if_unwanted();
+		if (my_slot->retry_requested)
+		{
+			/* eo.wake_relay(): a redrive, a new destination, ... */
+			my_slot->retry_requested = false;
+			retry_needed = true;
+		}
 
 		if (eo_relay_enabled)
 		{
@@ -1046,8 +1093,8 @@ eo_relay_worker_main(Datum main_arg)
 			route_ok = run_step(STEP_ROUTE, &n, NULL);
 			if (route_ok && n >= batch_limit)
 				more = true;
-			if (route_ok && (n == 0 || deliveries_added))
-				retry_needed = true;	/* new held deliveries, or a redrive */
+			if (route_ok && deliveries_added)
+				retry_needed = true;	/* new held or failed deliveries */
 
 			now = GetCurrentTimestamp();
 			if (retry_needed || now >= next_retry)
