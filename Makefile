@@ -39,7 +39,7 @@ REGRESS_OPTS = --temp-instance=tmp_check_regress \
 
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
-	inbox_prepared process_seq_races outbox_keys
+	inbox_prepared process_seq_races outbox_keys relay_claims
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

@@ -361,6 +361,15 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'eo_relay_status'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
+-- One routing and one retry step of the relay, in the caller's transaction
+-- (where no relay worker runs, and for tests).  Returns messages routed.
+CREATE FUNCTION eo.relay_run(max_messages integer DEFAULT 1000)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'eo_relay_run'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eo.relay_run(integer) IS
+    'routes and delivers up to max_messages messages in the caller''s transaction';
+
 -- The relay keeps destinations and subscriptions in memory; any change to
 -- them (through the functions above or directly) tells it to reload.
 CREATE FUNCTION eo.config_changed()
@@ -473,6 +482,7 @@ REVOKE ALL ON FUNCTION
     eo.redrive(text),
     eo.wake_relay(),
     eo.config_changed(),
+    eo.relay_run(integer),
     eo.relay_status(),
     eo.purge_delivered(bigint)
 FROM PUBLIC;

@@ -1006,6 +1006,45 @@ worker_detach(int code, Datum arg)
 }
 
 /*
+ * eo.relay_run(max_messages integer DEFAULT 1000) RETURNS integer
+ *
+ * Runs one routing step and one retry step of the relay in the caller's
+ * own transaction, and returns how many messages it routed.  For databases
+ * where no relay worker runs (library not preloaded, eo.relay_enabled off)
+ * and for tests: NOTIFYs go out when the caller commits, and a concurrent
+ * relay skips the messages this call has claimed.
+ */
+PG_FUNCTION_INFO_V1(eo_relay_run);
+
+Datum
+eo_relay_run(PG_FUNCTION_ARGS)
+{
+	int			limit = PG_ARGISNULL(0) ? eo_relay_batch_size : PG_GETARG_INT32(0);
+	int			routed;
+	TimestampTz next_retry = DT_NOEND;
+
+	if (limit < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_messages must be at least 1")));
+	PreventCommandIfReadOnly("eo.relay_run()");
+
+	if (config_cxt == NULL)
+		config_cxt = AllocSetContextCreate(TopMemoryContext,
+										   "eo_processing relay configuration",
+										   ALLOCSET_SMALL_SIZES);
+	config_loaded = false;		/* no generation counter here: always reload */
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "eo_processing: SPI_connect failed");
+	routed = route_batch(limit);
+	(void) retry_batch(limit, &next_retry);
+	SPI_finish();
+
+	PG_RETURN_INT32(routed);
+}
+
+/*
  * eo_relay_worker_main
  *		Entry point of a database's relay worker (started by the launcher;
  *		the database OID is in bgw_extra).
