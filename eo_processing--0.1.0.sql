@@ -17,14 +17,16 @@ COMMENT ON SCHEMA eo IS 'eo_processing: exactly-once processing';
 -- Inbox: one record per (consumer, msg_id) processed.
 ----------------------------------------------------------------------
 -- Column order is chosen for a compact row (fixed-width first) and is
--- checked by the library at every call; do not reorder.
+-- checked by the library at every call; do not reorder.  The key starts
+-- with msg_id: it is nearly unique, so index comparisons usually end at the
+-- first column, which also sits at a fixed offset in every index tuple.
 CREATE TABLE eo.inbox (
     expires_at   timestamptz NOT NULL,
     processed_at timestamptz NOT NULL,
     consumer     text COLLATE "C" NOT NULL,
     msg_id       text COLLATE "C" NOT NULL,
     result       jsonb,
-    CONSTRAINT inbox_pkey PRIMARY KEY (consumer, msg_id)
+    CONSTRAINT inbox_pkey PRIMARY KEY (msg_id, consumer)
 );
 COMMENT ON TABLE eo.inbox IS
     'Messages processed by each consumer (eo.process); expired rows are removed by eo.purge_expired()';
@@ -39,7 +41,7 @@ CREATE TABLE eo.producer_seq (
     updated_at timestamptz NOT NULL,
     consumer   text COLLATE "C" NOT NULL,
     producer   text COLLATE "C" NOT NULL,
-    CONSTRAINT producer_seq_pkey PRIMARY KEY (consumer, producer)
+    CONSTRAINT producer_seq_pkey PRIMARY KEY (producer, consumer)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE eo.producer_seq IS
     'Highest committed sequence number per producer and consumer (eo.process_seq)';

@@ -20,7 +20,7 @@
  *
  *	  Table eo.inbox (see the install script):
  *		expires_at, processed_at, consumer, msg_id, result;
- *		primary key (consumer, msg_id), both COLLATE "C".
+ *		primary key (msg_id, consumer), both COLLATE "C".
  *
  *	  An expired record no longer deduplicates: the next eo.process() for
  *	  that id takes it over (it is updated in place of a new insert) and

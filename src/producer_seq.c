@@ -20,7 +20,7 @@
  *	  false, and anything higher raises SQLSTATE 40001 (retry).
  *
  *	  Table eo.producer_seq: last_seq, updated_at, consumer, producer;
- *	  primary key (consumer, producer).
+ *	  primary key (producer, consumer).
  *
  *-------------------------------------------------------------------------
  */
