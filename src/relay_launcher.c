@@ -200,6 +200,8 @@ launcher_detach(int code, Datum arg)
 void
 eo_relay_launcher_main(Datum main_arg)
 {
+	bool		scanned = false;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -222,9 +224,6 @@ eo_relay_launcher_main(Datum main_arg)
 	LWLockRelease(eo_relay->lock);
 	before_shmem_exit(launcher_detach, (Datum) 0);
 
-	if (eo_relay_enabled)
-		scan_databases();
-
 	for (;;)
 	{
 		long		timeout_ms = (long) eo_relay_naptime_secs * 1000;
@@ -236,6 +235,12 @@ eo_relay_launcher_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+		}
+		/* Once per launcher life, as soon as the relay is enabled. */
+		if (eo_relay_enabled && !scanned)
+		{
+			scan_databases();
+			scanned = true;
 		}
 		now = GetCurrentTimestamp();
 
