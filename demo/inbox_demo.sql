@@ -1,4 +1,5 @@
--- demo/inbox_demo.sql: at-least-once delivery made harmless by eo.process.
+-- demo/inbox_demo.sql: at-least-once delivery made harmless by eo.process,
+-- and what was applied relayed downstream through the transactional outbox.
 --
 -- A message broker delivers 300 transfer messages to 4 competing workers.
 -- Like every real broker it delivers at least once: about 40% of the
@@ -46,8 +47,13 @@ SELECT msg_id, 1 + floor(random() * 4)::int, random() < 0.05
 INSERT INTO demo.deliveries (msg_id, worker, fails)
 SELECT msg_id, 1 + (n % 4), false FROM demo.deliveries WHERE fails ORDER BY n;
 
--- The effect: a ledger line and a balance change, exactly once per message.
+-- The effect: a ledger line and a balance change, exactly once per message,
+-- and an event for the services downstream, published in the same
+-- transaction (eo.publish) and relayed after commit as a NOTIFY on channel
+-- "ledger", keyed by account so that each account's events stay in order.
 CREATE TABLE demo.ledger (msg_id text, account int, amount int);
+SELECT eo.create_destination('ledger-feed', 'notify', '{"channel": "ledger"}') \gset
+SELECT eo.subscribe('ledger.*', 'ledger-feed') \gset
 
 -- One delivery, in the caller's transaction.
 CREATE FUNCTION demo.apply(p_msg_id text, p_fails boolean) RETURNS text
@@ -61,6 +67,10 @@ BEGIN
     SELECT * INTO m FROM demo.sent WHERE msg_id = p_msg_id;
     INSERT INTO demo.ledger VALUES (m.msg_id, m.account, m.amount);
     UPDATE demo.accounts SET balance = balance + m.amount WHERE id = m.account;
+    PERFORM eo.publish('ledger.credited',
+                       jsonb_build_object('transfer', m.msg_id, 'account', m.account,
+                                          'amount', m.amount),
+                       key => 'account-' || m.account);
     IF p_fails THEN
         RAISE EXCEPTION 'worker crashed while applying %', p_msg_id;
     END IF;

@@ -238,12 +238,15 @@ deliver(const DestinationConfig *dest, const EoMessage *msg)
 /*
  * load_destinations
  *		Every destination with its parsed configuration (a List of
- *		DestinationConfig), read in the current transaction.
+ *		DestinationConfig allocated in "cxt"), read in the current
+ *		transaction.  (SPI calls leave the SPI procedure context current,
+ *		hence the explicit context.)
  */
 static List *
-load_destinations(void)
+load_destinations(MemoryContext cxt)
 {
 	List	   *dests = NIL;
+	MemoryContext spicxt;
 
 	prepare(&plan_dests,
 			"SELECT id, name, kind, options, enabled FROM eo.destination ORDER BY id",
@@ -251,6 +254,7 @@ load_destinations(void)
 	if (SPI_execute_plan(plan_dests, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read destinations");
 
+	spicxt = MemoryContextSwitchTo(cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -266,6 +270,7 @@ load_destinations(void)
 		dest->enabled = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 		dests = lappend(dests, dest);
 	}
+	MemoryContextSwitchTo(spicxt);
 	return dests;
 }
 
@@ -286,20 +291,23 @@ find_destination(List *dests, int32 id)
 /*
  * load_routes
  *		Every subscription, pointing at its destination in *dests (which
- *		this fills with load_destinations()).  Returns a List of Route.
+ *		this fills with load_destinations()).  Returns a List of Route; all
+ *		of it is allocated in "cxt".
  */
 static List *
-load_routes(List **dests)
+load_routes(List **dests, MemoryContext cxt)
 {
 	List	   *routes = NIL;
+	MemoryContext spicxt;
 
-	*dests = load_destinations();
+	*dests = load_destinations(cxt);
 	prepare(&plan_routes,
 			"SELECT topic, destination_id FROM eo.subscription ORDER BY destination_id, topic",
 			0, NULL);
 	if (SPI_execute_plan(plan_routes, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read subscriptions");
 
+	spicxt = MemoryContextSwitchTo(cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -320,6 +328,7 @@ load_routes(List **dests)
 		}
 		routes = lappend(routes, r);
 	}
+	MemoryContextSwitchTo(spicxt);
 	return routes;
 }
 
@@ -327,16 +336,12 @@ load_routes(List **dests)
 static void
 ensure_config(void)
 {
-	MemoryContext oldcxt;
-
 	if (config_loaded && config_seen == config_at_step_start)
 		return;
 	config_loaded = false;
 	MemoryContextReset(config_cxt);
 	cached_dests = NIL;
-	oldcxt = MemoryContextSwitchTo(config_cxt);
-	cached_routes = load_routes(&cached_dests);
-	MemoryContextSwitchTo(oldcxt);
+	cached_routes = load_routes(&cached_dests, config_cxt);
 	config_seen = config_at_step_start;
 	config_loaded = true;
 }
