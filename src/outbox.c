@@ -196,7 +196,8 @@ outbox_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (published_in_xact)
+			/* a disabled relay is not woken: a signal per commit costs */
+			if (published_in_xact && eo_relay_enabled)
 				eo_relay_wake_database(MyDatabaseId);
 			published_in_xact = false;
 			break;

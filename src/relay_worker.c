@@ -47,6 +47,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -1088,6 +1089,16 @@ eo_relay_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnectionByOid(my_dboid, InvalidOid, 0);
 	pgstat_report_appname("eo_processing relay");
+
+	/*
+	 * The relay's statements take arrays whose contents change every batch;
+	 * re-planning them each time cost more than running them.  And its
+	 * commits need not wait for the WAL flush: if a routing transaction is
+	 * lost in a crash, its messages are still in eo.outbox and are simply
+	 * delivered again (at least once), never lost.
+	 */
+	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing relay loop",
 									 ALLOCSET_DEFAULT_SIZES);
