@@ -57,3 +57,8 @@ include $(PGXS)
 
 # Makefile.global resets PROVE_FLAGS, so it is set after the include.
 PROVE_FLAGS += -I test/perl
+
+# PGXS tracks no header dependencies unless PostgreSQL was configured with
+# --enable-depend; rebuild everything when a header of ours changes (a stale
+# object with an old struct layout would share memory wrongly).
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

@@ -13,6 +13,9 @@
  *	  the database still exists afterwards, the launcher starts the relay
  *	  again.
  *
+ *	  DROP EXTENSION eo_processing lets the database's relay go at commit
+ *	  (it would otherwise notice only at its next wake-up).
+ *
  *	  The same hook wakes the relay after COMMIT PREPARED: a prepared
  *	  transaction that published commits in another session, where the
  *	  publisher's commit callback does not run.
@@ -68,7 +71,8 @@ stop_relay_of(const char *datname)
 		pid = slot->pid;
 		procno = slot->pgprocno;
 		if (pid != 0)
-			slot->wanted = false;	/* the worker exits when it sees this */
+			slot->stop_requested = true;	/* the worker exits when it sees
+											 * this; it stays wanted */
 	}
 	LWLockRelease(eo_relay->lock);
 	if (slot == NULL || pid == 0)
@@ -93,10 +97,13 @@ stop_relay_of(const char *datname)
 		CHECK_FOR_INTERRUPTS();
 	}
 
-	/* Want it back once the command is done, if the database survives. */
+	/*
+	 * The launcher starts a new worker after hold_until if the database
+	 * still exists (it forgets the slot otherwise).
+	 */
 	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
 	if (slot->dboid == dboid)
-		slot->wanted = true;
+		slot->stop_requested = false;
 	LWLockRelease(eo_relay->lock);
 }
 
@@ -138,6 +145,18 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 			break;
 		case T_CreatedbStmt:
 			stop_relay_of(createdb_template((CreatedbStmt *) parsetree));
+			break;
+		case T_DropStmt:
+			if (((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+			{
+				ListCell   *lc;
+
+				foreach(lc, ((DropStmt *) parsetree)->objects)
+				{
+					if (strcmp(strVal(lfirst(lc)), "eo_processing") == 0)
+						eo_relay_stop_database_at_commit();
+				}
+			}
 			break;
 		default:
 			break;

@@ -42,6 +42,8 @@ typedef struct RelaySlot
 	bool		wanted;
 	bool		running;		/* a worker was started for this slot */
 	bool		retry_requested;	/* eo.wake_relay(): look at deliveries */
+	bool		stop_requested; /* database_guard.c: exit now, but stay
+								 * wanted (the launcher restarts it later) */
 	uint32		config_generation;	/* bumped when destinations or
 									 * subscriptions change */
 	pid_t		pid;			/* worker's pid once it runs, else 0 */
@@ -60,7 +62,6 @@ typedef struct RelayShared
 	LWLock	   *lock;			/* protects everything below */
 	pid_t		launcher_pid;
 	int			launcher_pgprocno;
-	bool		rescan;			/* launcher should re-read pg_database */
 	int			nslots;
 	RelaySlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } RelayShared;
@@ -76,6 +77,7 @@ extern void eo_relay_wake_database(Oid dboid);
 extern void eo_relay_wake_launcher(void);
 extern void eo_relay_release_database(Oid dboid);
 extern void eo_relay_config_changed(Oid dboid);
+extern void eo_relay_stop_database_at_commit(void);
 
 /* relay GUCs (eo_processing.c) */
 extern bool eo_relay_enabled;

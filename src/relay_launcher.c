@@ -69,9 +69,51 @@ eo_relay_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/* Databases found by the scan that are still waiting for a free slot. */
+static List *pending_dbs = NIL;
+
+/*
+ * assign_pending
+ *		Give free slots to databases of the startup scan (each gets a worker
+ *		that exits at once if the database has no extension, freeing the
+ *		slot again), as many as there are free slots.
+ */
+static void
+assign_pending(void)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+	while (pending_dbs != NIL)
+	{
+		Oid			dboid = linitial_oid(pending_dbs);
+		bool		placed = true;
+
+		LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+		if (eo_relay_find_slot(dboid) == NULL)
+		{
+			RelaySlot  *slot = eo_relay_find_slot(InvalidOid);
+
+			if (slot != NULL)
+			{
+				memset(slot, 0, sizeof(RelaySlot));
+				slot->dboid = dboid;
+				slot->pgprocno = -1;
+				slot->wanted = true;
+			}
+			else
+				placed = false;
+		}
+		LWLockRelease(eo_relay->lock);
+		if (!placed)
+			break;
+		pending_dbs = list_delete_first(pending_dbs);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /*
  * scan_databases
- *		Ask for a worker in every database that accepts connections.
+ *		Queue every database that accepts connections for a worker.
  */
 static void
 scan_databases(void)
@@ -107,24 +149,12 @@ scan_databases(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
 
-	foreach(lc, dboids)
 	{
-		Oid			dboid = lfirst_oid(lc);
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 
-		LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
-		if (eo_relay_find_slot(dboid) == NULL)
-		{
-			RelaySlot  *slot = eo_relay_find_slot(InvalidOid);
-
-			if (slot != NULL)
-			{
-				memset(slot, 0, sizeof(RelaySlot));
-				slot->dboid = dboid;
-				slot->pgprocno = -1;
-				slot->wanted = true;
-			}
-		}
-		LWLockRelease(eo_relay->lock);
+		foreach(lc, dboids)
+			pending_dbs = list_append_unique_oid(pending_dbs, lfirst_oid(lc));
+		MemoryContextSwitchTo(oldcxt);
 	}
 	list_free(dboids);
 }
@@ -242,6 +272,8 @@ eo_relay_launcher_main(Datum main_arg)
 			scan_databases();
 			scanned = true;
 		}
+		if (pending_dbs != NIL)
+			assign_pending();
 		now = GetCurrentTimestamp();
 
 		for (int i = 0; i < eo_relay->nslots; i++)

@@ -45,6 +45,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_at_commit_registered = false;
 static bool start_at_commit = false;
 static bool config_changed_at_commit = false;
+static bool stop_at_commit = false;
 
 /* One slot per possible background worker is always enough. */
 static int
@@ -86,7 +87,6 @@ relay_shmem_startup(void)
 		memset(eo_relay, 0, relay_shmem_size());
 		eo_relay->lock = &(GetNamedLWLockTranche("eo_processing relay"))->lock;
 		eo_relay->launcher_pgprocno = -1;
-		eo_relay->rescan = true;
 		eo_relay->nslots = relay_nslots();
 		for (int i = 0; i < eo_relay->nslots; i++)
 			eo_relay->slots[i].pgprocno = -1;
@@ -216,21 +216,26 @@ eo_relay_wake_database(Oid dboid)
 
 /*
  * eo_relay_release_database
- *		Stop wanting a worker for the database (the extension was dropped,
- *		or the database is being dropped).  The worker exits on its own.
+ *		Stop wanting a worker for the database (the extension was dropped),
+ *		and wake the worker so that it exits now.
  */
 void
 eo_relay_release_database(Oid dboid)
 {
 	RelaySlot  *slot;
+	int			procno = -1;
 
 	if (eo_relay == NULL)
 		return;
 	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
 	slot = eo_relay_find_slot(dboid);
 	if (slot != NULL)
+	{
 		slot->wanted = false;
+		procno = slot->pgprocno;
+	}
 	LWLockRelease(eo_relay->lock);
+	set_proc_latch(procno);
 }
 
 /*
@@ -262,21 +267,44 @@ wake_relay_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (config_changed_at_commit)
-				eo_relay_config_changed(MyDatabaseId);
-			if (start_at_commit)
-				eo_relay_request(MyDatabaseId);
+			if (stop_at_commit)
+				eo_relay_release_database(MyDatabaseId);
+			else
+			{
+				if (config_changed_at_commit)
+					eo_relay_config_changed(MyDatabaseId);
+				if (start_at_commit)
+					eo_relay_request(MyDatabaseId);
+			}
 			start_at_commit = false;
 			config_changed_at_commit = false;
+			stop_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			start_at_commit = false;
 			config_changed_at_commit = false;
+			stop_at_commit = false;
 			break;
 		default:
 			break;
 	}
+}
+
+static void register_wake_callback(void);
+
+/*
+ * eo_relay_stop_database_at_commit
+ *		DROP EXTENSION eo_processing: when (if) the transaction commits, the
+ *		database's relay is let go and woken, so it exits at once.
+ */
+void
+eo_relay_stop_database_at_commit(void)
+{
+	if (eo_relay == NULL)
+		return;
+	register_wake_callback();
+	stop_at_commit = true;
 }
 
 static void

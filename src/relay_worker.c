@@ -43,6 +43,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
@@ -985,7 +986,7 @@ exit_if_unwanted(void)
 	bool		wanted;
 
 	LWLockAcquire(eo_relay->lock, LW_SHARED);
-	wanted = my_slot->wanted;
+	wanted = my_slot->wanted && !my_slot->stop_requested;
 	LWLockRelease(eo_relay->lock);
 
 	if (wanted && run_step(STEP_CHECK_EXTENSION, &present, NULL) && present)
@@ -1120,16 +1121,25 @@ eo_relay_worker_main(Datum main_arg)
 
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+
+		/*
+		 * A busy relay never waits, so WL_EXIT_ON_PM_DEATH alone would not
+		 * stop it: without a postmaster its notifications reach nobody.
+		 */
+		if (!PostmasterIsAlive())
+			proc_exit(1);
+
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			batch_limit = Min(batch_limit, eo_relay_batch_size);
+			next_housekeeping = 0;	/* the interval may have changed */
 		}
 		MemoryContextReset(loop_cxt);
 		my_slot->last_wakeup = GetCurrentTimestamp();
 
-		if (!my_slot->wanted)
+		if (!my_slot->wanted || my_slot->stop_requested)
 			exit_if_unwanted();
 		if (my_slot->retry_requested)
 		{
