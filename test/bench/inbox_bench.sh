@@ -396,7 +396,7 @@ while IFS='|' read -r name rows heap idx total per ms; do
 done <<<"$sizes"
 out ""
 out "Hand-written: msg_id text PRIMARY KEY, processed_at timestamptz."
-out "eo.inbox: expires_at, processed_at, consumer, msg_id, result; PRIMARY KEY (consumer, msg_id)."
+out "eo.inbox: expires_at, processed_at, consumer, msg_id, result; PRIMARY KEY (msg_id, consumer)."
 out "Bulk insert = all ids in one statement (INSERT ... SELECT ... ON CONFLICT DO NOTHING"
 out "vs SELECT eo.process(id) FROM ...), not the one-message-per-transaction path above."
 out ""
