@@ -266,6 +266,11 @@ wake_relay_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			/* first of two bumps: see relay_worker.c, ensure_config() */
+			if (config_changed_at_commit)
+				eo_relay_config_changed(MyDatabaseId);
+			break;
 		case XACT_EVENT_COMMIT:
 			if (stop_at_commit)
 				eo_relay_release_database(MyDatabaseId);

@@ -93,16 +93,19 @@ static bool deliveries_added = false;	/* the last routing batch held some */
 
 /*
  * Destinations and subscriptions, kept between batches in config_cxt and
- * reloaded when the slot's config_generation moves (a statement trigger on
- * the tables bumps it at commit).  The generation is read before each
- * step's snapshot is taken, so a change is never missed.
+ * reloaded when the slot's config_generation moves.  A statement trigger on
+ * the tables bumps it twice: before the changing transaction commits and
+ * again once its commit is visible.  The relay reads the generation after
+ * the snapshot of its claim query was taken, and reloads with a newer
+ * snapshot, so any change its claim could see is in the configuration it
+ * routes with, and a reload that was too early is followed by another.
  */
 static MemoryContext config_cxt = NULL;
 static List *cached_dests = NIL;
 static List *cached_routes = NIL;
 static bool config_loaded = false;
 static uint32 config_seen = 0;
-static uint32 config_at_step_start = 0;
+static bool config_always_reload = false;	/* eo.relay_run(): no slot */
 static int	consecutive_errors = 0;
 static char last_logged_error[EO_RELAY_ERROR_LEN];
 static TimestampTz last_logged_at = 0;
@@ -253,7 +256,8 @@ load_destinations(MemoryContext cxt)
 	prepare(&plan_dests,
 			"SELECT id, name, kind, options, enabled FROM eo.destination ORDER BY id",
 			0, NULL);
-	if (SPI_execute_plan(plan_dests, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	/* not read-only: a fresh snapshot, newer than the claim's */
+	if (SPI_execute_plan(plan_dests, NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read destinations");
 
 	spicxt = MemoryContextSwitchTo(cxt);
@@ -306,7 +310,7 @@ load_routes(List **dests, MemoryContext cxt)
 	prepare(&plan_routes,
 			"SELECT topic, destination_id FROM eo.subscription ORDER BY destination_id, topic",
 			0, NULL);
-	if (SPI_execute_plan(plan_routes, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan_routes, NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read subscriptions");
 
 	spicxt = MemoryContextSwitchTo(cxt);
@@ -334,17 +338,25 @@ load_routes(List **dests, MemoryContext cxt)
 	return routes;
 }
 
-/* Load destinations and subscriptions unless the cached ones are current. */
+/*
+ * ensure_config
+ *		Load destinations and subscriptions unless the cached ones are
+ *		current.  Call after the step's claim query has run.
+ */
 static void
 ensure_config(void)
 {
-	if (config_loaded && config_seen == config_at_step_start)
+	uint32		generation;
+
+	pg_memory_barrier();
+	generation = (my_slot != NULL) ? my_slot->config_generation : 0;
+	if (config_loaded && !config_always_reload && config_seen == generation)
 		return;
 	config_loaded = false;
 	MemoryContextReset(config_cxt);
 	cached_dests = NIL;
 	cached_routes = load_routes(&cached_dests, config_cxt);
-	config_seen = config_at_step_start;
+	config_seen = generation;
 	config_loaded = true;
 }
 
@@ -700,7 +712,8 @@ retry_batch(int limit, TimestampTz *next_retry)
 			CHECK_FOR_INTERRUPTS();
 			message_from_spi(&msg, tup, due->tupdesc, 3);
 			dest = find_destination(dests, dest_id);
-			Assert(dest != NULL);	/* the query joined eo.destination */
+			if (dest == NULL)
+				continue;		/* dropped meanwhile; the row goes with it */
 
 			error = deliver(dest, &msg);
 			if (error == NULL)
@@ -902,7 +915,6 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 	"checking the extension", "quarantining a message", "giving up a delivery"};
 	volatile bool ok = true;
 
-	config_at_step_start = my_slot->config_generation;
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
@@ -1040,7 +1052,7 @@ eo_relay_run(PG_FUNCTION_ARGS)
 		config_cxt = AllocSetContextCreate(TopMemoryContext,
 										   "eo_processing relay configuration",
 										   ALLOCSET_SMALL_SIZES);
-	config_loaded = false;		/* no generation counter here: always reload */
+	config_always_reload = true;	/* no generation counter here */
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "eo_processing: SPI_connect failed");
