@@ -35,8 +35,10 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-die() { echo "inbox_bench: $*" >&2; exit 1; }
+bench_name=inbox_bench
+client_backend_re='\[local\]'     # ps line of a client backend (wait_backends_reaped)
+# shellcheck source=bench_lib.sh
+. "$script_dir/bench_lib.sh"
 
 # ------------------------------------------------------------------ settings
 seconds=${BENCH_SECONDS:-15}
@@ -50,31 +52,9 @@ pg_config=${PG_CONFIG:-pg_config}
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
 [[ $size_ids =~ ^[1-9][0-9]*$ ]] || die "BENCH_SIZE_IDS must be a positive integer"
-for c in $clients_list; do
-    [[ $c =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS must be positive integers"
-done
-case "$sync_commit" in
-    "") sync_label="server default; BENCH_SYNC_COMMIT=off runs the same table CPU-bound" ;;
-    on|off|local) sync_label="set by BENCH_SYNC_COMMIT=$sync_commit" ;;
-    *) die "BENCH_SYNC_COMMIT must be on, off or local" ;;
-esac
-# A short warmup of every workload before measuring.
-warmup=$(( seconds / 5 )); (( warmup >= 1 )) || warmup=1; (( warmup <= 5 )) || warmup=5
-
-command -v "$pg_config" >/dev/null 2>&1 || die "$pg_config not found (set PG_CONFIG)"
-bindir=$("$pg_config" --bindir)
-pkglibdir=$("$pg_config" --pkglibdir)
-sharedir=$("$pg_config" --sharedir)
-if [[ ! -f $pkglibdir/eo_processing.so ]]; then
-    echo "inbox_bench: $pkglibdir/eo_processing.so is missing:" >&2
-    echo "  build and install the extension first: make && sudo make install" >&2
-    exit 1
-fi
-[[ -f $sharedir/extension/eo_processing.control ]] ||
-    die "$sharedir/extension/eo_processing.control is missing: run make install"
-for prog in initdb pg_ctl postgres psql pgbench; do
-    [[ -x $bindir/$prog ]] || die "$bindir/$prog not found"
-done
+check_clients_list
+check_sync_commit
+check_installation
 
 workloads=(w1_business w2_handwritten w3_eo_process w4_eo_process_seq)
 declare -A wl_label=(
@@ -83,73 +63,17 @@ declare -A wl_label=(
     [w3_eo_process]="+ eo.process"
     [w4_eo_process_seq]="+ eo.process_seq"
 )
-for w in "${workloads[@]}"; do
-    [[ -f $script_dir/$w.pgbench ]] || die "missing $script_dir/$w.pgbench"
-done
-for f in setup.sql reset.sql sizes.sql; do
-    [[ -f $script_dir/$f ]] || die "missing $script_dir/$f"
-done
+sql_files=(setup.sql business_schema.sql reset.sql sizes.sql)
+require_files "${workloads[@]/%/.pgbench}" "${sql_files[@]}"
 
 # ------------------------------------------------------- who runs the server
-if (( EUID == 0 )); then
-    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server"
-    command -v runuser >/dev/null 2>&1 || die "running as root needs runuser"
-    as_pg() { runuser -u postgres -- env HOME="$tmp" "$@"; }
-    tmp_base=${BENCH_TMPDIR:-/tmp}
-else
-    as_pg() { "$@"; }
-    tmp_base=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
-fi
-
-# Keep the caller's libpq settings away from our cluster.
-unset PGSERVICE PGSERVICEFILE PGOPTIONS PGPASSWORD PGPASSFILE PGSSLMODE \
-      PGHOSTADDR PGTARGETSESSIONATTRS PGREQUIRESSL PGCONNECT_TIMEOUT PGAPPNAME \
-      PGDATA PGTZ PGCLIENTENCODING 2>/dev/null || true
-
-tmp=$(mktemp -d "$tmp_base/eo_inbox_bench.XXXXXX") || die "mktemp failed"
-started=0
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if (( started )); then
-        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$tmp/data" -m fast -w stop >/dev/null 2>&1) || true
-    fi
-    rm -rf -- "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-chmod 700 "$tmp"
-(( EUID == 0 )) && chown postgres: "$tmp"
-cd "$tmp"                       # a directory the server user can enter
-mkdir "$tmp/scripts" "$tmp/logs"
-for f in "${workloads[@]}"; do cp "$script_dir/$f.pgbench" "$tmp/scripts/"; done
-cp "$script_dir"/setup.sql "$script_dir"/reset.sql "$script_dir"/sizes.sql "$tmp/scripts/"
-(( EUID == 0 )) && chown -R postgres: "$tmp/scripts" "$tmp/logs"
-# unix socket path must fit in sun_path (107 bytes)
-(( ${#tmp} < 80 )) || die "temporary directory path too long for a unix socket: $tmp"
+setup_server_user
+make_tmp
+prepare_tmp "" "${workloads[@]/%/.pgbench}" "${sql_files[@]}"
 
 # ---------------------------------------------------------------- the cluster
-port_in_use() {
-    local p=$1
-    [[ -e /tmp/.s.PGSQL.$p || -e /var/run/postgresql/.s.PGSQL.$p ]] && return 0
-    if command -v ss >/dev/null 2>&1; then
-        [[ -n $(ss -Hltn "sport = :$p" 2>/dev/null) ]] && return 0
-    fi
-    return 1
-}
-port=""
-for _ in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if ! port_in_use "$p"; then port=$p; break; fi
-done
-[[ -n $port ]] || die "no free port found"
-
-echo "initdb in $tmp/data ..." >&2
-as_pg "$bindir/initdb" -D "$tmp/data" -U bench -A trust -E UTF8 --locale="$locale" \
-    --no-sync >"$tmp/logs/initdb.log" 2>&1 || { cat "$tmp/logs/initdb.log" >&2; die "initdb failed"; }
+pick_port
+run_initdb
 
 {
     echo "# --- inbox_bench.sh"
@@ -165,66 +89,16 @@ as_pg "$bindir/initdb" -D "$tmp/data" -U bench -A trust -E UTF8 --locale="$local
     true
 } >>"$tmp/data/postgresql.conf"
 
-# Which build is measured: the server maps the library once, at start
-# (shared_preload_libraries), so a later "make install" does not change
-# what this run measures; it is reported at the end if it happens.
-so_fingerprint() {
-    local f="$pkglibdir/eo_processing.so"
-    echo "sha256 $(sha256sum "$f" 2>/dev/null | cut -c1-12), installed $(date -r "$f" '+%Y-%m-%d %H:%M:%S' 2>/dev/null)"
-}
-so_at_start=$(so_fingerprint)
-repo_state=$(git -C "$script_dir" log -1 --date=format:'%Y-%m-%d %H:%M' \
-    --format='commit %h of %cd' 2>/dev/null || true)
-if [[ -n $repo_state ]] && [[ -n $(git -C "$script_dir" status --porcelain --untracked-files=no \
-        -- ':/' ':(top,exclude)test/bench' 2>/dev/null) ]]; then
-    repo_state+=" (+ uncommitted changes)"
-fi
-
-export PGHOST="$tmp" PGPORT="$port" PGUSER=bench PGDATABASE=postgres
-as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/logs/server.log" -w -t 60 start >/dev/null 2>&1 ||
-    { tail -n 30 "$tmp/logs/server.log" >&2 || true; die "server did not start"; }
-started=1
-pm_pid=$(head -n 1 "$tmp/data/postmaster.pid")
-
-psql_q() { as_pg "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
-
-psql_q -f "$tmp/scripts/setup.sql" >"$tmp/logs/setup.log" 2>&1 ||
-    { cat "$tmp/logs/setup.log" >&2; die "setup failed"; }
+record_build                    # which build is measured
+start_server
+run_setup setup.sql
 
 # ------------------------------------------------------------ machine report
-results_dir="$script_dir/results"
-stamp=$(date +%Y%m%d-%H%M%S)
-mkdir -p "$results_dir" 2>/dev/null || true
-result_file="$results_dir/inbox-$stamp.md"
-if ! touch "$result_file" 2>/dev/null; then
-    echo "inbox_bench: cannot write $result_file; results go to stdout only" >&2
-    result_file=/dev/null
-fi
-out() { printf '%s\n' "$*" | tee -a "$result_file"; }
-
-mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
-cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
-server_version=$(psql_q -At -c "SELECT version()")
-eo_version=$(psql_q -At -c "SELECT extversion FROM pg_extension WHERE extname = 'eo_processing'")
-fs=$(df -PT "$tmp" 2>/dev/null | awk 'NR==2 {print $2 " on " $1}')
-
-out "# eo_processing inbox benchmark ($stamp)"
-out ""
-out "| machine | |"
-out "|---|---|"
-out "| host | $(uname -n) ($(uname -sr)) |"
-out "| CPU | ${cpu_model:-unknown}, nproc = $(nproc) |"
-out "| memory | $(( mem_kb / 1024 )) MiB |"
-out "| PostgreSQL | $server_version |"
-out "| eo_processing | $eo_version: $pkglibdir/eo_processing.so, $so_at_start |"
-[[ -n $repo_state ]] && out "| source tree | $repo_state (the installed library may come from another state) |"
-out "| data directory | $tmp/data ($fs) |"
-sync_value=$(psql_q -At -c 'SHOW synchronous_commit')
-echo "synchronous_commit = $sync_value ($sync_label)" >&2
-out "| synchronous_commit | **$sync_value** ($sync_label) |"
-out "| shared_buffers | $(psql_q -At -c 'SHOW shared_buffers') |"
+open_result_file inbox
+report_machine_head inbox
+report_machine_server
 out "| other settings | max_wal_size=8GB, checkpoint_timeout=30min, locale $locale; CHECKPOINT + TRUNCATE before every run |"
-out "| load average at start | $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null) (other work on the machine disturbs TPS) |"
+out "| load average at start | $(loadavg) (other work on the machine disturbs TPS) |"
 out "| pgbench | -M prepared -n, -T $seconds s per run, -j min(clients, 2), $rounds round(s), warmup ${warmup}s per workload |"
 out ""
 
@@ -232,52 +106,15 @@ out ""
 declare -A tps_runs         # "$w,$c" -> space-separated TPS of every round
 declare -A cpu_runs         # "$w,$c" -> server CPU microseconds per transaction
 declare -A wal_runs         # "$w,$c" -> WAL bytes per transaction
-raw_rows=()
-run_no=0
 
-# Server CPU time: when a backend exits, the postmaster reaps it and the
-# kernel adds the backend's user+system time to the postmaster's cutime and
-# cstime.  The difference across a pgbench run (whose backends all exit at
-# its end) is the CPU the server spent on that run, whatever else runs on
-# the machine: a measure that other load disturbs much less than TPS.
-clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
-reaped_cpu_ticks() {        # -> cutime + cstime of the postmaster
-    awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$pm_pid/stat" 2>/dev/null || echo 0
-}
-wait_backends_reaped() {    # until no client backend (live or zombie) is left
-    local i
-    for (( i = 0; i < 100; i++ )); do
-        ps -o stat=,args= --ppid "$pm_pid" 2>/dev/null |
-            grep -Eq '^Z|\[local\]' || return 0
-        sleep 0.05
-    done
-}
-
+# Server CPU per transaction: see measure_pgbench in bench_lib.sh.
 run_pgbench() {             # workload clients seconds -> TPS LAT FAILED XACTS CPU_US WAL_B
-    local w=$1 c=$2 secs=$3 j log cpu0 cpu1 lsn0 wal_bytes
-    j=$(( c < 2 ? c : 2 ))
-    run_no=$(( run_no + 1 ))
-    log="$tmp/logs/run-$run_no-$w-c$c.log"
-    psql_q -f "$tmp/scripts/reset.sql" >"$log" 2>&1 || { cat "$log" >&2; die "reset failed"; }
+    local w=$1 c=$2 secs=$3 lsn0 wal_bytes
+    next_run_log "$w" "$c"
+    psql_q -f "$tmp/scripts/reset.sql" >"$PGB_LOG" 2>&1 || { cat "$PGB_LOG" >&2; die "reset failed"; }
     lsn0=$(psql_q -At -c "SELECT pg_current_wal_lsn()")
-    wait_backends_reaped
-    cpu0=$(reaped_cpu_ticks)
-    if ! as_pg "$bindir/pgbench" -n -M prepared -c "$c" -j "$j" -T "$secs" \
-            -D n=0 -D run="$run_no" -f "$tmp/scripts/$w.pgbench" >>"$log" 2>&1; then
-        cat "$log" >&2
-        die "pgbench failed ($w, $c clients)"
-    fi
-    wait_backends_reaped
-    cpu1=$(reaped_cpu_ticks)
+    measure_pgbench "$w" "$c" "$secs" -D run="$run_no"
     wal_bytes=$(psql_q -At -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')")
-    TPS=$(awk '/^tps = / {print $3; exit}' "$log")
-    LAT=$(awk '/^latency average = / {print $4; exit}' "$log")
-    XACTS=$(awk -F': ' '/^number of transactions actually processed/ {print $2; exit}' "$log")
-    FAILED=$(awk '/^number of failed transactions/ {print $5; exit}' "$log")
-    [[ -n $TPS ]] || { cat "$log" >&2; die "could not read TPS from pgbench output"; }
-    [[ -z $FAILED || $FAILED == 0 ]] || { cat "$log" >&2; die "$w had failed transactions"; }
-    CPU_US=$(awk -v t=$(( cpu1 - cpu0 )) -v hz="$clk_tck" -v x="$XACTS" \
-        'BEGIN { if (x > 0) printf "%.1f", t / hz * 1e6 / x; else print 0 }')
     WAL_B=$(awk -v b="$wal_bytes" -v x="$XACTS" 'BEGIN { if (x > 0) printf "%.0f", b / x; else print 0 }')
 }
 
@@ -326,11 +163,6 @@ for (( r = 1; r <= rounds; r++ )); do
     done
 done
 
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {
-    if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
 diff1() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f", a - b }'; }
 
 out "## TPS (synchronous_commit = $sync_value)"
@@ -401,23 +233,12 @@ out "Bulk insert = all ids in one statement (INSERT ... SELECT ... ON CONFLICT D
 out "vs SELECT eo.process(id) FROM ...), not the one-message-per-transaction path above."
 out ""
 
-out "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)."
-if [[ $(so_fingerprint | cut -d, -f1) != "${so_at_start%%,*}" ]]; then
-    out ""
-    out "Note: eo_processing.so was reinstalled during this run ($(so_fingerprint)); the"
-    out "server kept the library it loaded at start ($so_at_start)."
-fi
-out ""
+report_end
 
 # ---------------------------------------------------------------- raw runs
 if [[ $result_file != /dev/null ]]; then
-    {
-        echo "## Raw runs (in execution order)"
-        echo ""
-        echo "| round | clients | workload | tps | latency avg ms | transactions | failed | server CPU µs/txn | WAL bytes/txn |"
-        echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|"
-        printf '%s\n' "${raw_rows[@]}"
-        echo ""
-    } >>"$result_file"
+    append_raw_runs \
+        "| round | clients | workload | tps | latency avg ms | transactions | failed | server CPU µs/txn | WAL bytes/txn |" \
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|"
     echo "results written to $result_file" >&2
 fi

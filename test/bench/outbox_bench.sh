@@ -60,8 +60,11 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-die() { echo "outbox_bench: $*" >&2; exit 1; }
+bench_name=outbox_bench
+# ps line of a pgbench backend; the listener's (role bench_listener) is not one
+client_backend_re=': bench postgres \[local\]'
+# shellcheck source=bench_lib.sh
+. "$script_dir/bench_lib.sh"
 
 # ------------------------------------------------------------------ settings
 seconds=${BENCH_SECONDS:-15}
@@ -81,34 +84,12 @@ pg_config=${PG_CONFIG:-pg_config}
 for v in seconds rounds drain_n lat_rate lat_clients notify_clients; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
 done
-for c in $clients_list; do
-    [[ $c =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS must be positive integers"
-done
+check_clients_list
 for p in $parts; do
     [[ $p =~ ^[1-4]$ ]] || die "BENCH_PARTS must be a list of 1, 2, 3, 4"
 done
-case "$sync_commit" in
-    "") sync_label="server default; BENCH_SYNC_COMMIT=off runs the same table CPU-bound" ;;
-    on|off|local) sync_label="set by BENCH_SYNC_COMMIT=$sync_commit" ;;
-    *) die "BENCH_SYNC_COMMIT must be on, off or local" ;;
-esac
-# A short warmup of every workload before measuring.
-warmup=$(( seconds / 5 )); (( warmup >= 1 )) || warmup=1; (( warmup <= 5 )) || warmup=5
-
-command -v "$pg_config" >/dev/null 2>&1 || die "$pg_config not found (set PG_CONFIG)"
-bindir=$("$pg_config" --bindir)
-pkglibdir=$("$pg_config" --pkglibdir)
-sharedir=$("$pg_config" --sharedir)
-if [[ ! -f $pkglibdir/eo_processing.so ]]; then
-    echo "outbox_bench: $pkglibdir/eo_processing.so is missing:" >&2
-    echo "  build and install the extension first: make && sudo make install" >&2
-    exit 1
-fi
-[[ -f $sharedir/extension/eo_processing.control ]] ||
-    die "$sharedir/extension/eo_processing.control is missing: run make install"
-for prog in initdb pg_ctl postgres psql pgbench; do
-    [[ -x $bindir/$prog ]] || die "$bindir/$prog not found"
-done
+check_sync_commit
+check_installation
 "$python" -c 'import psycopg2' 2>/dev/null ||
     die "$python cannot import psycopg2: install python3-psycopg2 (or set BENCH_PYTHON)"
 if [[ $do_perf == 1 ]]; then
@@ -123,36 +104,15 @@ declare -A wl_label=(
     [outbox_w3_publish]="+ eo.publish"
     [outbox_w4_pg_notify]="+ pg_notify"
 )
-for w in "${workloads[@]}"; do
-    [[ -f $script_dir/$w.pgbench ]] || die "missing $script_dir/$w.pgbench"
-done
-for f in outbox_setup.sql outbox_reset.sql outbox_listener.py; do
-    [[ -f $script_dir/$f ]] || die "missing $script_dir/$f"
-done
+other_files=(outbox_setup.sql business_schema.sql outbox_reset.sql outbox_listener.py)
+require_files "${workloads[@]/%/.pgbench}" "${other_files[@]}"
 
 # ------------------------------------------------------- who runs the server
-if (( EUID == 0 )); then
-    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server"
-    command -v runuser >/dev/null 2>&1 || die "running as root needs runuser"
-    as_pg() { runuser -u postgres -- env HOME="$tmp" "$@"; }
-    tmp_base=${BENCH_TMPDIR:-/tmp}
-else
-    as_pg() { "$@"; }
-    tmp_base=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
-fi
-
-# Keep the caller's libpq settings away from our cluster.
-unset PGSERVICE PGSERVICEFILE PGOPTIONS PGPASSWORD PGPASSFILE PGSSLMODE \
-      PGHOSTADDR PGTARGETSESSIONATTRS PGREQUIRESSL PGCONNECT_TIMEOUT PGAPPNAME \
-      PGDATA PGTZ PGCLIENTENCODING 2>/dev/null || true
-
-tmp=$(mktemp -d "$tmp_base/eo_outbox_bench.XXXXXX") || die "mktemp failed"
-started=0
+setup_server_user
 listener_pid=""             # the runuser/python process of a running listener
 perf_pids=()
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
+# cleanup (bench_lib.sh), before it stops the server: stop perf and the listener
+cleanup_before_stop() {
     local p
     for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
     if [[ -n $listener_pid ]]; then
@@ -160,52 +120,22 @@ cleanup() {
         [[ -s $tmp/run/ready ]] && kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
         wait "$listener_pid" 2>/dev/null || true
     fi
-    if (( started )); then
-        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$tmp/data" -m fast -w stop >/dev/null 2>&1) || true
-    fi
-    # keep the server log of a failed run
+}
+# cleanup, once the server is stopped: keep the server log of a failed run
+cleanup_after_stop() {
+    local rc=$1
     if (( rc != 0 )) && [[ -s $tmp/logs/server.log && -d $script_dir/results ]]; then
         if cp "$tmp/logs/server.log" "$script_dir/results/outbox-${stamp:-failed}-server.log" 2>/dev/null; then
             echo "outbox_bench: server log kept in test/bench/results/outbox-${stamp:-failed}-server.log" >&2
         fi
     fi
-    rm -rf -- "$tmp"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-chmod 700 "$tmp"
-(( EUID == 0 )) && chown postgres: "$tmp"
-cd "$tmp"                       # a directory the server user can enter
-mkdir "$tmp/scripts" "$tmp/logs" "$tmp/run"
-for w in "${workloads[@]}"; do cp "$script_dir/$w.pgbench" "$tmp/scripts/"; done
-cp "$script_dir"/outbox_setup.sql "$script_dir"/outbox_reset.sql \
-   "$script_dir"/outbox_listener.py "$tmp/scripts/"
-(( EUID == 0 )) && chown -R postgres: "$tmp/scripts" "$tmp/logs" "$tmp/run"
-# unix socket path must fit in sun_path (107 bytes)
-(( ${#tmp} < 80 )) || die "temporary directory path too long for a unix socket: $tmp"
+make_tmp
+prepare_tmp run "${workloads[@]/%/.pgbench}" "${other_files[@]}"
 
 # ---------------------------------------------------------------- the cluster
-port_in_use() {
-    local p=$1
-    [[ -e /tmp/.s.PGSQL.$p || -e /var/run/postgresql/.s.PGSQL.$p ]] && return 0
-    if command -v ss >/dev/null 2>&1; then
-        [[ -n $(ss -Hltn "sport = :$p" 2>/dev/null) ]] && return 0
-    fi
-    return 1
-}
-port=""
-for _ in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if ! port_in_use "$p"; then port=$p; break; fi
-done
-[[ -n $port ]] || die "no free port found"
-
-echo "initdb in $tmp/data ..." >&2
-as_pg "$bindir/initdb" -D "$tmp/data" -U bench -A trust -E UTF8 --locale="$locale" \
-    --no-sync >"$tmp/logs/initdb.log" 2>&1 || { cat "$tmp/logs/initdb.log" >&2; die "initdb failed"; }
+pick_port
+run_initdb
 
 {
     echo "# --- outbox_bench.sh"
@@ -229,37 +159,19 @@ as_pg "$bindir/initdb" -D "$tmp/data" -U bench -A trust -E UTF8 --locale="$local
     true
 } >>"$tmp/data/postgresql.conf"
 
-# Which build is measured (the server maps the library once, at start).
-so_fingerprint() {
-    local f="$pkglibdir/eo_processing.so"
-    echo "sha256 $(sha256sum "$f" 2>/dev/null | cut -c1-12), installed $(date -r "$f" '+%Y-%m-%d %H:%M:%S' 2>/dev/null)"
-}
-so_at_start=$(so_fingerprint)
-repo_state=$(git -C "$script_dir" log -1 --date=format:'%Y-%m-%d %H:%M' \
-    --format='commit %h of %cd' 2>/dev/null || true)
-if [[ -n $repo_state ]] && [[ -n $(git -C "$script_dir" status --porcelain --untracked-files=no \
-        -- ':/' ':(top,exclude)test/bench' 2>/dev/null) ]]; then
-    repo_state+=" (+ uncommitted changes)"
-fi
-
-export PGHOST="$tmp" PGPORT="$port" PGUSER=bench PGDATABASE=postgres
+record_build                    # which build is measured
 dsn="host=$tmp port=$port user=bench dbname=postgres"
 # The listener connects as its own role, so that its backend (alive during
 # the runs) is told apart from pgbench's in "ps" (wait_backends_reaped).
 listen_dsn="host=$tmp port=$port user=bench_listener dbname=postgres"
-as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/logs/server.log" -w -t 60 start >/dev/null 2>&1 ||
-    { tail -n 30 "$tmp/logs/server.log" >&2 || true; die "server did not start"; }
-started=1
-pm_pid=$(head -n 1 "$tmp/data/postmaster.pid")
+start_server
 # perf resolves eo_processing.so by build id: cache the file the server has
 # just loaded, in case "make install" replaces it during the run.
 [[ $do_perf == 1 ]] && perf buildid-cache -a "$pkglibdir/eo_processing.so" >/dev/null 2>&1 || true
 
-psql_q() { as_pg "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 sql1() { psql_q -At -c "$1"; }
 
-psql_q -f "$tmp/scripts/outbox_setup.sql" >"$tmp/logs/setup.log" 2>&1 ||
-    { cat "$tmp/logs/setup.log" >&2; die "setup failed"; }
+run_setup outbox_setup.sql
 [[ $do_perf == 1 ]] && sql1 "CREATE EXTENSION pg_stat_statements" >/dev/null
 
 # ----------------------------------------------------------- relay helpers
@@ -392,41 +304,14 @@ stmts_save() {              # name: the statements that took the most time since
 }
 
 # ------------------------------------------------------------ machine report
-results_dir="$script_dir/results"
-stamp=$(date +%Y%m%d-%H%M%S)
-mkdir -p "$results_dir" 2>/dev/null || true
-result_file="$results_dir/outbox-$stamp.md"
-if ! touch "$result_file" 2>/dev/null; then
-    echo "outbox_bench: cannot write $result_file; results go to stdout only" >&2
-    result_file=/dev/null
-fi
-out() { printf '%s\n' "$*" | tee -a "$result_file"; }
+open_result_file outbox
 raw() { [[ $result_file == /dev/null ]] || printf '%s\n' "$*" >>"$result_file"; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg 2>/dev/null; }
 
-mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
-cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
-server_version=$(sql1 "SELECT version()")
-eo_version=$(sql1 "SELECT extversion FROM pg_extension WHERE extname = 'eo_processing'")
-fs=$(df -PT "$tmp" 2>/dev/null | awk 'NR==2 {print $2 " on " $1}')
 py_version=$("$python" -c 'import sys, psycopg2; print("Python %d.%d.%d, psycopg2 %s" % (sys.version_info[:3] + (psycopg2.__version__.split()[0],)))')
 
-out "# eo_processing outbox benchmark ($stamp)"
-out ""
-out "| machine | |"
-out "|---|---|"
-out "| host | $(uname -n) ($(uname -sr)) |"
-out "| CPU | ${cpu_model:-unknown}, nproc = $(nproc) |"
-out "| memory | $(( mem_kb / 1024 )) MiB |"
-out "| PostgreSQL | $server_version |"
-out "| eo_processing | $eo_version: $pkglibdir/eo_processing.so, $so_at_start |"
-[[ -n $repo_state ]] && out "| source tree | $repo_state (the installed library may come from another state) |"
+report_machine_head outbox
 [[ -n ${BENCH_NOTE:-} ]] && out "| note | $BENCH_NOTE |"
-out "| data directory | $tmp/data ($fs) |"
-sync_value=$(sql1 'SHOW synchronous_commit')
-echo "synchronous_commit = $sync_value ($sync_label)" >&2
-out "| synchronous_commit | **$sync_value** ($sync_label) |"
-out "| shared_buffers | $(sql1 'SHOW shared_buffers') |"
+report_machine_server
 out "| relay | eo.relay_batch_size = $(sql1 'SHOW eo.relay_batch_size'), destination kind notify (channel bench), subscription bench.* |"
 out "| listener | $py_version, LISTEN over the unix socket, one process |"
 out "| other settings | max_wal_size=8GB, checkpoint_timeout=30min, locale $locale; CHECKPOINT + TRUNCATE before every run |"
@@ -435,49 +320,10 @@ out "| pgbench | -M prepared -n, -T $seconds s per run, -j min(clients, 2), $rou
 out ""
 
 # ------------------------------------------------------------------- running
-raw_rows=()
-run_no=0
-clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
-
-# Server CPU of client backends: when a backend exits, the kernel adds its
-# user+system time to the postmaster's cutime+cstime (see inbox_bench.sh).
-reaped_cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$pm_pid/stat" 2>/dev/null || echo 0
-}
-wait_backends_reaped() {
-    local i
-    for (( i = 0; i < 100; i++ )); do
-        ps -o stat=,args= --ppid "$pm_pid" 2>/dev/null |
-            grep -Eq '^Z|: bench postgres \[local\]' || return 0
-        sleep 0.05
-    done
-}
-
-run_pgbench() {             # workload clients seconds [pgbench args...] -> TPS LAT XACTS FAILED CPU_US
-    local w=$1 c=$2 secs=$3 j log cpu0 cpu1
-    shift 3
-    j=$(( c < 2 ? c : 2 ))
-    run_no=$(( run_no + 1 ))
-    log="$tmp/logs/run-$run_no-$w-c$c.log"
-    wait_backends_reaped
-    cpu0=$(reaped_cpu_ticks)
-    if ! as_pg "$bindir/pgbench" -n -M prepared -c "$c" -j "$j" -T "$secs" \
-            -D n=0 "$@" -f "$tmp/scripts/$w.pgbench" >>"$log" 2>&1; then
-        cat "$log" >&2
-        die "pgbench failed ($w, $c clients)"
-    fi
-    wait_backends_reaped
-    cpu1=$(reaped_cpu_ticks)
-    TPS=$(awk '/^tps = / {print $3; exit}' "$log")
-    LAT=$(awk '/^latency average = / {print $4; exit}' "$log")
-    XACTS=$(awk -F': ' '/^number of transactions actually processed/ {print $2; exit}' "$log")
-    XACTS=${XACTS%%/*}
-    FAILED=$(awk '/^number of failed transactions/ {print $5; exit}' "$log")
-    [[ -n $TPS ]] || { cat "$log" >&2; die "could not read TPS from pgbench output"; }
-    [[ -z $FAILED || $FAILED == 0 ]] || { cat "$log" >&2; die "$w had failed transactions"; }
-    CPU_US=$(awk -v t=$(( cpu1 - cpu0 )) -v hz="$clk_tck" -v x="$XACTS" \
-        'BEGIN { if (x > 0) printf "%.1f", t / hz * 1e6 / x; else print 0 }')
-    PGB_LOG=$log
+# Server CPU of client backends: see measure_pgbench in bench_lib.sh.
+run_pgbench() {             # workload clients seconds [pgbench args...] -> TPS LAT XACTS FAILED CPU_US PGB_LOG
+    next_run_log "$1" "$2"
+    measure_pgbench "$@"
 }
 reset_tables() {
     psql_q -f "$tmp/scripts/outbox_reset.sql" >>"$tmp/logs/reset.log" 2>&1 ||
@@ -489,11 +335,6 @@ check_near() {              # what got expected clients
     (( $2 >= $3 - $4 && $2 <= $3 + $4 )) || die "$1: $2 rows for $3 transactions"
 }
 
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {
-    if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 verdict() { if ge "$1" "$2"; then echo "met"; else echo "**missed**"; fi; }
 now_s() { date +%s.%N; }
@@ -794,24 +635,13 @@ if has_part 4; then
     out "the relay's wake-up, its routing transaction (and its WAL flush) and the NOTIFY."
     out ""
 fi
-out "Load average at the end: $(loadavg)."
-if [[ $(so_fingerprint | cut -d, -f1) != "${so_at_start%%,*}" ]]; then     # another build (not only a new mtime)
-    out ""
-    out "Note: eo_processing.so was reinstalled during this run ($(so_fingerprint)); the"
-    out "server kept the library it loaded at start ($so_at_start)."
-fi
-out ""
+report_end
 
 # ---------------------------------------------------------------- raw runs
 if [[ $result_file != /dev/null ]]; then
-    {
-        echo "## Raw runs (in execution order)"
-        echo ""
-        echo "| part | round | clients | workload | tps | latency avg ms | transactions | server CPU µs/txn | notes |"
-        echo "|---:|---:|---:|---|---:|---:|---:|---:|---|"
-        printf '%s\n' "${raw_rows[@]}"
-        echo ""
-    } >>"$result_file"
+    append_raw_runs \
+        "| part | round | clients | workload | tps | latency avg ms | transactions | server CPU µs/txn | notes |" \
+        "|---:|---:|---:|---|---:|---:|---:|---:|---|"
     if [[ $do_perf == 1 ]]; then
         for name in "${PERF_FILES[@]}"; do
             f="$tmp/run/perf-$name.data"

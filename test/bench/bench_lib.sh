@@ -1,0 +1,335 @@
+# shellcheck shell=bash
+# The caller sets the variables the functions read (SC2154) and reads the
+# ones they set (SC2034); as_pg is defined in setup_server_user (SC2317).
+# shellcheck disable=SC2154,SC2034,SC2317
+#
+# bench_lib.sh: what inbox_bench.sh and outbox_bench.sh have in common, from
+# the installation checks to the throwaway cluster, the pgbench runs with
+# their server CPU accounting and the report helpers.  Sourced, not run;
+# the caller sets bench_name (e.g. inbox_bench) and script_dir first, and
+# later the variables each function names in its header.
+
+# die MESSAGE: print "<bench_name>: MESSAGE" on stderr and exit 1.
+die() { echo "$bench_name: $*" >&2; exit 1; }
+
+# check_clients_list: every word of $clients_list is a positive integer.
+check_clients_list() {
+    local c
+    for c in $clients_list; do
+        [[ $c =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS must be positive integers"
+    done
+}
+
+# check_sync_commit: validates $sync_commit, sets sync_label (for the report)
+# and warmup (seconds of each warmup run, from $seconds).
+check_sync_commit() {
+    case "$sync_commit" in
+        "") sync_label="server default; BENCH_SYNC_COMMIT=off runs the same table CPU-bound" ;;
+        on|off|local) sync_label="set by BENCH_SYNC_COMMIT=$sync_commit" ;;
+        *) die "BENCH_SYNC_COMMIT must be on, off or local" ;;
+    esac
+    # A short warmup of every workload before measuring.
+    warmup=$(( seconds / 5 )); (( warmup >= 1 )) || warmup=1; (( warmup <= 5 )) || warmup=5
+}
+
+# check_installation: finds $pg_config's PostgreSQL (sets bindir, pkglibdir,
+# sharedir) and checks that eo_processing is installed there.
+check_installation() {
+    local prog
+    command -v "$pg_config" >/dev/null 2>&1 || die "$pg_config not found (set PG_CONFIG)"
+    bindir=$("$pg_config" --bindir)
+    pkglibdir=$("$pg_config" --pkglibdir)
+    sharedir=$("$pg_config" --sharedir)
+    if [[ ! -f $pkglibdir/eo_processing.so ]]; then
+        echo "$bench_name: $pkglibdir/eo_processing.so is missing:" >&2
+        echo "  build and install the extension first: make && sudo make install" >&2
+        exit 1
+    fi
+    [[ -f $sharedir/extension/eo_processing.control ]] ||
+        die "$sharedir/extension/eo_processing.control is missing: run make install"
+    for prog in initdb pg_ctl postgres psql pgbench; do
+        [[ -x $bindir/$prog ]] || die "$bindir/$prog not found"
+    done
+}
+
+# require_files FILE...: each FILE exists in $script_dir.
+require_files() {
+    local f
+    for f in "$@"; do
+        [[ -f $script_dir/$f ]] || die "missing $script_dir/$f"
+    done
+}
+
+# setup_server_user: as root the server runs as "postgres"; defines as_pg
+# (run a command as the server user) and sets tmp_base.  Also keeps the
+# caller's libpq settings away from our cluster.
+setup_server_user() {
+    if (( EUID == 0 )); then
+        id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server"
+        command -v runuser >/dev/null 2>&1 || die "running as root needs runuser"
+        as_pg() { runuser -u postgres -- env HOME="$tmp" "$@"; }
+        tmp_base=${BENCH_TMPDIR:-/tmp}
+    else
+        as_pg() { "$@"; }
+        tmp_base=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
+    fi
+    unset PGSERVICE PGSERVICEFILE PGOPTIONS PGPASSWORD PGPASSFILE PGSSLMODE \
+          PGHOSTADDR PGTARGETSESSIONATTRS PGREQUIRESSL PGCONNECT_TIMEOUT PGAPPNAME \
+          PGDATA PGTZ PGCLIENTENCODING 2>/dev/null || true
+}
+
+# cleanup: the EXIT trap.  Calls the caller's cleanup_before_stop (if
+# defined), stops the server if $started, calls cleanup_after_stop RC (if
+# defined), removes $tmp and exits with the original status.
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if declare -F cleanup_before_stop >/dev/null; then cleanup_before_stop || true; fi
+    if (( started )); then
+        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$tmp/data" -m fast -w stop >/dev/null 2>&1) || true
+    fi
+    if declare -F cleanup_after_stop >/dev/null; then cleanup_after_stop "$rc" || true; fi
+    rm -rf -- "$tmp"
+    exit "$rc"
+}
+
+# make_tmp: creates the temporary directory $tmp (eo_<bench_name>.XXXXXX in
+# $tmp_base) and installs the traps that remove it.
+make_tmp() {
+    tmp=$(mktemp -d "$tmp_base/eo_$bench_name.XXXXXX") || die "mktemp failed"
+    started=0
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# prepare_tmp "EXTRA_DIRS" FILE...: makes $tmp the server user's, enters it,
+# creates $tmp/scripts, $tmp/logs and EXTRA_DIRS (space-separated names) and
+# copies FILEs from $script_dir to $tmp/scripts.
+prepare_tmp() {
+    local d f dirs=("$tmp/scripts" "$tmp/logs")
+    for d in $1; do dirs+=("$tmp/$d"); done
+    shift
+    chmod 700 "$tmp"
+    if (( EUID == 0 )); then chown postgres: "$tmp"; fi
+    cd "$tmp" || exit               # a directory the server user can enter
+    mkdir "${dirs[@]}"
+    for f in "$@"; do cp "$script_dir/$f" "$tmp/scripts/"; done
+    if (( EUID == 0 )); then chown -R postgres: "${dirs[@]}"; fi
+    # unix socket path must fit in sun_path (107 bytes)
+    (( ${#tmp} < 80 )) || die "temporary directory path too long for a unix socket: $tmp"
+}
+
+# port_in_use PORT: true if a server already listens on PORT.
+port_in_use() {
+    local p=$1
+    [[ -e /tmp/.s.PGSQL.$p || -e /var/run/postgresql/.s.PGSQL.$p ]] && return 0
+    if command -v ss >/dev/null 2>&1; then
+        [[ -n $(ss -Hltn "sport = :$p" 2>/dev/null) ]] && return 0
+    fi
+    return 1
+}
+
+# pick_port: sets port to a random free port.
+pick_port() {
+    local p
+    port=""
+    for _ in $(seq 1 50); do
+        p=$(( 20000 + RANDOM % 30000 ))
+        if ! port_in_use "$p"; then port=$p; break; fi
+    done
+    [[ -n $port ]] || die "no free port found"
+}
+
+# run_initdb: creates the cluster in $tmp/data (locale $locale).
+run_initdb() {
+    echo "initdb in $tmp/data ..." >&2
+    as_pg "$bindir/initdb" -D "$tmp/data" -U bench -A trust -E UTF8 --locale="$locale" \
+        --no-sync >"$tmp/logs/initdb.log" 2>&1 || { cat "$tmp/logs/initdb.log" >&2; die "initdb failed"; }
+}
+
+# so_fingerprint: hash and install time of the installed eo_processing.so.
+# Which build is measured: the server maps the library once, at start
+# (shared_preload_libraries), so a later "make install" does not change
+# what a run measures; report_end notes it if it happens.
+so_fingerprint() {
+    local f="$pkglibdir/eo_processing.so"
+    echo "sha256 $(sha256sum "$f" 2>/dev/null | cut -c1-12), installed $(date -r "$f" '+%Y-%m-%d %H:%M:%S' 2>/dev/null)"
+}
+
+# record_build: sets so_at_start and repo_state (the source tree's commit).
+record_build() {
+    so_at_start=$(so_fingerprint)
+    repo_state=$(git -C "$script_dir" log -1 --date=format:'%Y-%m-%d %H:%M' \
+        --format='commit %h of %cd' 2>/dev/null || true)
+    if [[ -n $repo_state ]] && [[ -n $(git -C "$script_dir" status --porcelain --untracked-files=no \
+            -- ':/' ':(top,exclude)test/bench' 2>/dev/null) ]]; then
+        repo_state+=" (+ uncommitted changes)"
+    fi
+}
+
+# start_server: exports the libpq settings of our cluster, starts it and
+# sets started and pm_pid (the postmaster).
+start_server() {
+    export PGHOST="$tmp" PGPORT="$port" PGUSER=bench PGDATABASE=postgres
+    as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/logs/server.log" -w -t 60 start >/dev/null 2>&1 ||
+        { tail -n 30 "$tmp/logs/server.log" >&2 || true; die "server did not start"; }
+    started=1
+    pm_pid=$(head -n 1 "$tmp/data/postmaster.pid")
+}
+
+# psql_q ARGS...: quiet psql as the server user, stopping at the first error.
+psql_q() { as_pg "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# run_setup FILE: runs $tmp/scripts/FILE (the schema) once.
+run_setup() {
+    psql_q -f "$tmp/scripts/$1" >"$tmp/logs/setup.log" 2>&1 ||
+        { cat "$tmp/logs/setup.log" >&2; die "setup failed"; }
+}
+
+# open_result_file KIND: sets results_dir, stamp and result_file
+# (results/KIND-<stamp>.md, or /dev/null if it cannot be written).
+open_result_file() {
+    results_dir="$script_dir/results"
+    stamp=$(date +%Y%m%d-%H%M%S)
+    mkdir -p "$results_dir" 2>/dev/null || true
+    result_file="$results_dir/$1-$stamp.md"
+    if ! touch "$result_file" 2>/dev/null; then
+        echo "$bench_name: cannot write $result_file; results go to stdout only" >&2
+        result_file=/dev/null
+    fi
+}
+
+# out LINE: prints LINE to stdout and appends it to the result file.
+out() { printf '%s\n' "$*" | tee -a "$result_file"; }
+
+# loadavg: the 1, 5 and 15 minute load averages.
+loadavg() { cut -d' ' -f1-3 /proc/loadavg 2>/dev/null; }
+
+# report_machine_head KIND: the report's title and the first rows of its
+# machine table (host to source tree).
+report_machine_head() {
+    mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+    cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+    server_version=$(psql_q -At -c "SELECT version()")
+    eo_version=$(psql_q -At -c "SELECT extversion FROM pg_extension WHERE extname = 'eo_processing'")
+    fs=$(df -PT "$tmp" 2>/dev/null | awk 'NR==2 {print $2 " on " $1}')
+    out "# eo_processing $1 benchmark ($stamp)"
+    out ""
+    out "| machine | |"
+    out "|---|---|"
+    out "| host | $(uname -n) ($(uname -sr)) |"
+    out "| CPU | ${cpu_model:-unknown}, nproc = $(nproc) |"
+    out "| memory | $(( mem_kb / 1024 )) MiB |"
+    out "| PostgreSQL | $server_version |"
+    out "| eo_processing | $eo_version: $pkglibdir/eo_processing.so, $so_at_start |"
+    if [[ -n $repo_state ]]; then
+        out "| source tree | $repo_state (the installed library may come from another state) |"
+    fi
+}
+
+# report_machine_server: the machine table's data directory,
+# synchronous_commit (also sets sync_value) and shared_buffers rows.
+report_machine_server() {
+    out "| data directory | $tmp/data ($fs) |"
+    sync_value=$(psql_q -At -c 'SHOW synchronous_commit')
+    echo "synchronous_commit = $sync_value ($sync_label)" >&2
+    out "| synchronous_commit | **$sync_value** ($sync_label) |"
+    out "| shared_buffers | $(psql_q -At -c 'SHOW shared_buffers') |"
+}
+
+# Server CPU time: when a backend exits, the postmaster reaps it and the
+# kernel adds the backend's user+system time to the postmaster's cutime and
+# cstime.  The difference across a pgbench run (whose backends all exit at
+# its end) is the CPU the server spent on that run, whatever else runs on
+# the machine: a measure that other load disturbs much less than TPS.
+clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
+run_no=0
+raw_rows=()
+
+# reaped_cpu_ticks: cutime + cstime of the postmaster.
+reaped_cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$pm_pid/stat" 2>/dev/null || echo 0
+}
+
+# wait_backends_reaped: until no client backend (live or zombie) is left;
+# client backends are the postmaster's children whose "ps" line matches
+# $client_backend_re.
+wait_backends_reaped() {
+    local i
+    for (( i = 0; i < 100; i++ )); do
+        ps -o stat=,args= --ppid "$pm_pid" 2>/dev/null |
+            grep -Eq "^Z|$client_backend_re" || return 0
+        sleep 0.05
+    done
+}
+
+# next_run_log WORKLOAD CLIENTS: counts the run (run_no) and sets PGB_LOG,
+# its log file.
+next_run_log() {
+    run_no=$(( run_no + 1 ))
+    PGB_LOG="$tmp/logs/run-$run_no-$1-c$2.log"
+}
+
+# measure_pgbench WORKLOAD CLIENTS SECONDS [pgbench args...]: runs
+# $tmp/scripts/WORKLOAD.pgbench (-M prepared, -j min(clients, 2)), appending
+# to $PGB_LOG; sets TPS LAT XACTS FAILED and CPU_US (server CPU µs per
+# transaction); dies if pgbench fails or a transaction failed.
+measure_pgbench() {
+    local w=$1 c=$2 secs=$3 j cpu0 cpu1
+    shift 3
+    j=$(( c < 2 ? c : 2 ))
+    wait_backends_reaped
+    cpu0=$(reaped_cpu_ticks)
+    if ! as_pg "$bindir/pgbench" -n -M prepared -c "$c" -j "$j" -T "$secs" \
+            -D n=0 "$@" -f "$tmp/scripts/$w.pgbench" >>"$PGB_LOG" 2>&1; then
+        cat "$PGB_LOG" >&2
+        die "pgbench failed ($w, $c clients)"
+    fi
+    wait_backends_reaped
+    cpu1=$(reaped_cpu_ticks)
+    TPS=$(awk '/^tps = / {print $3; exit}' "$PGB_LOG")
+    LAT=$(awk '/^latency average = / {print $4; exit}' "$PGB_LOG")
+    XACTS=$(awk -F': ' '/^number of transactions actually processed/ {print $2; exit}' "$PGB_LOG")
+    XACTS=${XACTS%%/*}
+    FAILED=$(awk '/^number of failed transactions/ {print $5; exit}' "$PGB_LOG")
+    [[ -n $TPS ]] || { cat "$PGB_LOG" >&2; die "could not read TPS from pgbench output"; }
+    [[ -z $FAILED || $FAILED == 0 ]] || { cat "$PGB_LOG" >&2; die "$w had failed transactions"; }
+    CPU_US=$(awk -v t=$(( cpu1 - cpu0 )) -v hz="$clk_tck" -v x="$XACTS" \
+        'BEGIN { if (x > 0) printf "%.1f", t / hz * 1e6 / x; else print 0 }')
+}
+
+# median: the median of the numbers on stdin (space or newline separated).
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {
+    if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+# ratio A B: A / B with two decimals, n/a if B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# fmt X: X rounded to an integer.
+fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+# fmt1 X: X with one decimal.
+fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
+
+# report_end: the closing load average, and a note if eo_processing.so was
+# reinstalled (another build, not only a new mtime) during the run.
+report_end() {
+    out "Load average at the end: $(loadavg)."
+    if [[ $(so_fingerprint | cut -d, -f1) != "${so_at_start%%,*}" ]]; then
+        out ""
+        out "Note: eo_processing.so was reinstalled during this run ($(so_fingerprint)); the"
+        out "server kept the library it loaded at start ($so_at_start)."
+    fi
+    out ""
+}
+
+# append_raw_runs HEADER ALIGNMENT: appends the table of $raw_rows to the
+# result file.
+append_raw_runs() {
+    {
+        echo "## Raw runs (in execution order)"
+        echo ""
+        echo "$1"
+        echo "$2"
+        printf '%s\n' "${raw_rows[@]}"
+        echo ""
+    } >>"$result_file"
+}
