@@ -143,7 +143,7 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 				 errmsg("destination options must be a JSON object")));
 
 	it = JsonbIteratorInit(&options->root);
-	tok = JsonbIteratorNext(&it, &v, true);	/* WJB_BEGIN_OBJECT */
+	(void) JsonbIteratorNext(&it, &v, true);	/* WJB_BEGIN_OBJECT */
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		char	   *name;
@@ -152,8 +152,8 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 		if (tok != WJB_KEY)
 			continue;
 		name = pnstrdup(v.val.string.val, v.val.string.len);
-		tok = JsonbIteratorNext(&it, &v, true);
-		Assert(tok == WJB_VALUE);
+		if (JsonbIteratorNext(&it, &v, true) != WJB_VALUE)
+			elog(ERROR, "eo_processing: malformed jsonb object");
 
 		errcallback.callback = option_error_context;
 		errcallback.arg = name;
