@@ -187,8 +187,10 @@ END $$;
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS
     'creates a destination the relay delivers to (kind ''notify'')';
 
-CREATE FUNCTION eo.alter_destination(name text, options jsonb)
-RETURNS void
+-- The destination called "name", locked against concurrent changes until
+-- the end of the transaction; a clear error when there is none.
+CREATE FUNCTION eo.find_destination(name text)
+RETURNS eo.destination
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -198,11 +200,26 @@ BEGIN
     IF name IS NULL THEN
         RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO d FROM eo.destination x WHERE x.name = alter_destination.name FOR UPDATE;
+    SELECT * INTO d FROM eo.destination x WHERE x.name = find_destination.name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'destination "%" does not exist', name
             USING ERRCODE = 'undefined_object';
     END IF;
+    RETURN d;
+END $$;
+
+COMMENT ON FUNCTION eo.find_destination(text) IS
+    'the destination with this name, locked until the end of the transaction';
+
+CREATE FUNCTION eo.alter_destination(name text, options jsonb)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d eo.destination;
+BEGIN
+    d := eo.find_destination(name);
     UPDATE eo.destination x
        SET options = eo.check_destination_options(d.kind, coalesce(alter_destination.options, '{}')),
            enabled = true
@@ -220,14 +237,7 @@ DECLARE
     d eo.destination;
     unfinished bigint;
 BEGIN
-    IF name IS NULL THEN
-        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT * INTO d FROM eo.destination x WHERE x.name = drop_destination.name FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'destination "%" does not exist', name
-            USING ERRCODE = 'undefined_object';
-    END IF;
+    d := eo.find_destination(name);
     SELECT count(*) INTO unfinished FROM eo.delivery
      WHERE destination_id = d.id AND state <> 'dead';
     IF unfinished > 0 AND NOT coalesce(force, false) THEN
@@ -249,15 +259,7 @@ DECLARE
     dest_id integer;
 BEGIN
     PERFORM eo.check_topic_pattern(topic);
-    IF destination IS NULL THEN
-        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-
-    SELECT id INTO dest_id FROM eo.destination d WHERE d.name = subscribe.destination;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'destination "%" does not exist', destination
-            USING ERRCODE = 'undefined_object';
-    END IF;
+    dest_id := (eo.find_destination(destination)).id;
     INSERT INTO eo.subscription (topic, destination_id) VALUES (topic, dest_id)
     ON CONFLICT DO NOTHING;
 END $$;
@@ -321,14 +323,7 @@ DECLARE
     dest_id integer;
     n bigint;
 BEGIN
-    IF destination IS NULL THEN
-        RAISE EXCEPTION 'destination name must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT id INTO dest_id FROM eo.destination d WHERE d.name = redrive.destination;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'destination "%" does not exist', destination
-            USING ERRCODE = 'undefined_object';
-    END IF;
+    dest_id := (eo.find_destination(destination)).id;
     UPDATE eo.delivery
        SET state = 'pending', attempts = 0, next_attempt_at = now()
      WHERE destination_id = dest_id AND state = 'dead';
@@ -474,6 +469,7 @@ REVOKE ALL ON FUNCTION
     eo.message(uuid),
     eo.check_destination_options(text, jsonb),
     eo.create_destination(text, text, jsonb),
+    eo.find_destination(text),
     eo.alter_destination(text, jsonb),
     eo.drop_destination(text, boolean),
     eo.subscribe(text, text),
