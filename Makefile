@@ -24,22 +24,27 @@ OBJS = \
 	src/relay_worker.o \
 	src/database_guard.o
 
-DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql
+DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql \
+	eo_processing--0.2.0--0.3.0.sql eo_processing--0.3.0--0.4.0.sql
 PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
+# The HTTP sink uses libcurl (Debian: libcurl4-openssl-dev).
+SHLIB_LINK = -lcurl
 # -Wextra, minus the two warnings PostgreSQL's own headers trip over.
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare $(EO_CFLAGS)
 
 # pg_regress: sql/ and expected/ at the top level.
-REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors upgrade
+REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
+	http_options keys reconcile upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf
 
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
-	inbox_prepared process_seq_races outbox_keys relay_claims
+	inbox_prepared process_seq_races outbox_keys relay_claims \
+	keys_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

@@ -8,11 +8,14 @@
 
 EO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=15
-PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+# EO_PG_BINDIR selects another (relocated) PostgreSQL installation, so that
+# several working copies can be tested at once without sharing installed files.
+PG_BINDIR=${EO_PG_BINDIR:-/usr/lib/postgresql/$PG_MAJOR/bin}
 PG_CONFIG=$PG_BINDIR/pg_config
 # Debian packages the build, the tests and the demo need.
 EO_PACKAGES=(make gcc "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
-	libipc-run-perl python3-psycopg2 libdbd-pg-perl cppcheck clang-tidy)
+	libipc-run-perl python3-psycopg2 libdbd-pg-perl cppcheck clang-tidy
+	libcurl4-openssl-dev python3-psycopg)
 
 eo_say() { printf '==> %s\n' "$*"; }
 eo_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
