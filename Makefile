@@ -22,7 +22,9 @@ OBJS = \
 	src/relay_shmem.o \
 	src/relay_launcher.o \
 	src/relay_worker.o \
-	src/database_guard.o
+	src/database_guard.o \
+	src/http_request.o \
+	src/http_sink.o
 
 DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql \
 	eo_processing--0.2.0--0.3.0.sql eo_processing--0.3.0--0.4.0.sql

@@ -11,12 +11,28 @@
 
 #include "postgres.h"
 
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
 typedef enum DestinationKind
 {
-	DEST_NOTIFY
+	DEST_NOTIFY,
+	DEST_HTTP
 } DestinationKind;
+
+/* Limits of http destination options. */
+#define EO_HTTP_MAX_URL_BYTES		2048
+#define EO_HTTP_MAX_SECRETS			10
+#define EO_HTTP_MAX_HEADER_BYTES	8192	/* all of a destination's headers */
+#define EO_HTTP_MAX_TIMEOUT_MS		600000
+#define EO_HTTP_MAX_CONCURRENCY		1000
+
+/* A decoded signing secret. */
+typedef struct SigningSecret
+{
+	int			len;
+	uint8	   *bytes;
+} SigningSecret;
 
 typedef struct DestinationConfig
 {
@@ -25,6 +41,15 @@ typedef struct DestinationConfig
 	DestinationKind kind;
 	bool		enabled;
 	char	   *channel;		/* notify: NULL means "the message's topic" */
+	/* http */
+	char	   *url;
+	char	   *host;			/* lower case, from the url */
+	List	   *headers;		/* of char *, "Name: value" */
+	int			nsecrets;
+	SigningSecret *secrets;
+	int			timeout_ms;
+	int			concurrency;
+	bool		tls_verify;
 	int			max_attempts;
 	int			ndelays;
 	int64	   *delays_us;		/* retry schedule; the last one repeats */
@@ -33,5 +58,9 @@ typedef struct DestinationConfig
 extern void eo_parse_destination(const char *kind, Jsonb *options,
 								 DestinationConfig *cfg);
 extern int64 eo_retry_delay_us(const DestinationConfig *cfg, int attempts);
+extern bool eo_http_host_allowed(const char *host);
+extern bool eo_http_header_name_ok(const char *name, int len);
+extern bool eo_http_header_value_ok(const char *value, int len);
+extern bool eo_http_header_reserved(const char *name, int len);
 
 #endif							/* EO_DESTINATION_H */

@@ -36,6 +36,11 @@ int			eo_relay_naptime_secs = 60;
 int			eo_outbox_retention_secs = 24 * 60 * 60;
 int			eo_default_max_attempts = 10;
 char	   *eo_default_retry_delays = NULL;
+char	   *eo_http_allowed_hosts = NULL;
+int			eo_http_max_concurrency = 64;
+
+/* How long completed idempotency keys are kept. */
+int			eo_key_retention_secs = 24 * 60 * 60;
 
 void		_PG_init(void);
 
@@ -99,6 +104,28 @@ check_retry_delays(char **newval, void **extra, GucSource source)
 	pfree(copy);
 	list_free(items);
 	return ok;
+}
+
+/* eo.http_allowed_hosts: a comma-separated list of host names. */
+static bool
+check_allowed_hosts(char **newval, void **extra, GucSource source)
+{
+	char	   *copy;
+	List	   *items;
+	bool		ok;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	copy = pstrdup(*newval);
+	ok = SplitIdentifierString(copy, ',', &items);
+	pfree(copy);
+	if (!ok)
+	{
+		GUC_check_errdetail("eo.http_allowed_hosts must be a comma-separated list of host names, such as 'hooks.example.com, *.example.net'.");
+		return false;
+	}
+	list_free(items);
+	return true;
 }
 
 /*
@@ -174,6 +201,33 @@ _PG_init(void)
 							   "1s, 5s, 30s, 2min, 10min, 30min, 1h",
 							   PGC_SIGHUP, 0,
 							   check_retry_delays, NULL, NULL);
+
+	DefineCustomStringVariable("eo.http_allowed_hosts",
+							   "Hosts the relay may send HTTP requests to (empty: any).",
+							   "A comma-separated list of host names or addresses; "
+							   "\"*.example.com\" allows every host below example.com.",
+							   &eo_http_allowed_hosts,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   check_allowed_hosts, NULL, NULL);
+
+	DefineCustomIntVariable("eo.http_max_concurrency",
+							"Most HTTP requests the relay keeps in flight per destination.",
+							"Caps the \"concurrency\" option of http destinations.",
+							&eo_http_max_concurrency,
+							64,
+							1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eo.key_retention",
+							"How long completed idempotency keys are remembered.",
+							"The relay's housekeeping deletes them afterwards.",
+							&eo_key_retention_secs,
+							24 * 60 * 60,
+							1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("eo");
 

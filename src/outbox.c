@@ -34,6 +34,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "destination.h"
 #include "eo_processing.h"
 #include "keyed_table.h"
 #include "outbox.h"
@@ -213,7 +214,8 @@ outbox_xact_callback(XactEvent event, void *arg)
 /*
  * check_headers
  *		Headers are a JSON object whose values are strings (they become
- *		HTTP headers of webhook deliveries).
+ *		HTTP headers of webhook deliveries, so names must be HTTP tokens,
+ *		values free of line breaks, and the relay's own names are taken).
  */
 static void
 check_headers(Jsonb *headers)
@@ -241,10 +243,29 @@ check_headers(Jsonb *headers)
 			depth++;
 		else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
 			depth--;
+		else if (tok == WJB_KEY && depth == 1)
+		{
+			if (!eo_http_header_name_ok(v.val.string.val, v.val.string.len))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("header name \"%s\" is not a valid HTTP header name",
+								pnstrdup(v.val.string.val, Min(v.val.string.len, 64))),
+						 errdetail("Header names are HTTP tokens: letters, digits and !#$%%&'*+-.^_`|~.")));
+			if (eo_http_header_reserved(v.val.string.val, v.val.string.len))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("header \"%s\" is set by the relay and cannot be published",
+								pnstrdup(v.val.string.val, v.val.string.len))));
+		}
 		else if (tok == WJB_VALUE && (depth != 1 || v.type != jbvString))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("header values must be strings")));
+		else if (tok == WJB_VALUE &&
+				 !eo_http_header_value_ok(v.val.string.val, v.val.string.len))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("header values must not contain control characters such as line breaks")));
 		if (depth > 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -26,6 +26,7 @@ typedef enum RelayState
 	RELAY_ROUTING,
 	RELAY_RETRYING,
 	RELAY_HOUSEKEEPING,
+	RELAY_SENDING,
 	RELAY_BACKING_OFF
 } RelayState;
 
@@ -86,6 +87,9 @@ extern int	eo_relay_naptime_secs;
 extern int	eo_outbox_retention_secs;
 extern int	eo_default_max_attempts;
 extern char *eo_default_retry_delays;
+extern char *eo_http_allowed_hosts;
+extern int	eo_http_max_concurrency;
+extern int	eo_key_retention_secs;
 
 /* relay_launcher.c / relay_worker.c */
 extern void eo_relay_register_launcher(void);

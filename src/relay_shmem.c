@@ -386,6 +386,8 @@ relay_state_name(RelayState state, bool running)
 			return "retrying";
 		case RELAY_HOUSEKEEPING:
 			return "housekeeping";
+		case RELAY_SENDING:
+			return "sending";
 		case RELAY_BACKING_OFF:
 			return "backing off after an error";
 	}

@@ -57,6 +57,7 @@
 
 #include "destination.h"
 #include "eo_processing.h"
+#include "http.h"
 #include "outbox.h"
 #include "relay.h"
 
@@ -106,6 +107,7 @@ static List *cached_routes = NIL;
 static bool config_loaded = false;
 static uint32 config_seen = 0;
 static bool config_always_reload = false;	/* eo.relay_run(): no slot */
+static bool config_has_http = false;
 static int	consecutive_errors = 0;
 static char last_logged_error[EO_RELAY_ERROR_LEN];
 static TimestampTz last_logged_at = 0;
@@ -191,8 +193,8 @@ array_of(ArrayBuildState *a)
 }
 
 /* Read an EoMessage from columns first..first+6 of an SPI tuple. */
-static void
-message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first)
+void
+eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first)
 {
 	bool		isnull;
 	Datum		d;
@@ -236,6 +238,8 @@ deliver(const DestinationConfig *dest, const EoMessage *msg)
 	{
 		case DEST_NOTIFY:
 			return deliver_notify(dest, msg);
+		case DEST_HTTP:
+			break;				/* never inline: see http_sink.c */
 	}
 	return "unknown destination kind";
 }
@@ -358,6 +362,37 @@ ensure_config(void)
 	cached_routes = load_routes(&cached_dests, config_cxt);
 	config_seen = generation;
 	config_loaded = true;
+	config_has_http = false;
+	{
+		ListCell   *lc;
+
+		foreach(lc, cached_dests)
+		{
+			if (((DestinationConfig *) lfirst(lc))->kind == DEST_HTTP)
+				config_has_http = true;
+		}
+	}
+}
+
+/*
+ * eo_relay_current_destinations
+ *		The destinations, reloaded if they changed; for the HTTP dispatcher
+ *		(inside a transaction, SPI connected).  The list is only valid until
+ *		the next reload.
+ */
+List *
+eo_relay_current_destinations(void)
+{
+	ensure_config();
+	return cached_dests;
+}
+
+/* Count deliveries in the slot (shown in eo.relay_status). */
+void
+eo_relay_count_delivered(int64 n)
+{
+	if (my_slot != NULL)
+		my_slot->delivered += n;
 }
 
 /* Does a route's pattern match a topic? */
@@ -541,7 +576,7 @@ route_batch(int limit)
 		pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 
 		CHECK_FOR_INTERRUPTS();
-		message_from_spi(&msg, claimed->vals[i], claimed->tupdesc, 1);
+		eo_message_from_spi(&msg, claimed->vals[i], claimed->tupdesc, 1);
 
 		foreach(lc, routes)
 		{
@@ -567,12 +602,14 @@ route_batch(int limit)
 				continue;
 			nroutes++;
 
-			if (!dest->enabled ||
+			if (!dest->enabled || dest->kind == DEST_HTTP ||
 				(msg.key != NULL && blocked_key(blocked, dest->id, msg.key, false)))
 			{
 				/*
 				 * Wait behind the key's unfinished delivery: due now, but the
-				 * retry pass takes only the first of each key.
+				 * retry pass takes only the first of each key.  HTTP
+				 * deliveries always wait here: the dispatcher sends them
+				 * after this transaction, outside any transaction.
 				 */
 				outcome_add(&held, dest->id, &msg.id, msg.key, "pending", 0,
 							now, NULL);
@@ -677,6 +714,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 			"  FROM eo.delivery d"
 			"  JOIN eo.message_log m ON m.id = d.message_id"
 			"  JOIN eo.destination t ON t.id = d.destination_id AND t.enabled"
+			"                        AND t.kind = 'notify'"
 			" WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()"
 			"   AND (d.key IS NULL OR NOT EXISTS ("
 			"        SELECT 1 FROM eo.delivery e"
@@ -710,7 +748,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 			const char *error;
 
 			CHECK_FOR_INTERRUPTS();
-			message_from_spi(&msg, tup, due->tupdesc, 3);
+			eo_message_from_spi(&msg, tup, due->tupdesc, 3);
 			dest = find_destination(dests, dest_id);
 			if (dest == NULL)
 				continue;		/* dropped meanwhile; the row goes with it */
@@ -791,6 +829,16 @@ housekeeping(void)
 		purged += SPI_processed;
 	if (SPI_execute("SELECT eo.purge_delivered(10000)", false, 0) == SPI_OK_SELECT)
 		purged += SPI_processed;
+	/* Idempotency keys exist from version 0.4.0 of the SQL objects on. */
+	if (SPI_execute("SELECT to_regprocedure('eo.purge_keys(bigint)') IS NOT NULL", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
+			SPI_execute("SELECT eo.purge_keys(10000)", false, 0) == SPI_OK_SELECT)
+			purged += SPI_processed;
+	}
 	return purged;
 }
 
@@ -900,7 +948,8 @@ typedef enum StepKind
 	STEP_HOUSEKEEPING,
 	STEP_CHECK_EXTENSION,
 	STEP_QUARANTINE,
-	STEP_GIVE_UP
+	STEP_GIVE_UP,
+	STEP_HTTP
 } StepKind;
 
 /*
@@ -912,7 +961,8 @@ static bool
 run_step(StepKind kind, int *result, TimestampTz *next_retry)
 {
 	static const char *const names[] = {"routing", "retrying", "housekeeping",
-	"checking the extension", "quarantining a message", "giving up a delivery"};
+	"checking the extension", "quarantining a message", "giving up a delivery",
+	"sending webhooks"};
 	volatile bool ok = true;
 
 	PG_TRY();
@@ -944,6 +994,9 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 			case STEP_GIVE_UP:
 				*result = give_up_head_delivery();
 				break;
+			case STEP_HTTP:
+				*result = eo_http_step();
+				break;
 		}
 
 		SPI_finish();
@@ -965,6 +1018,8 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 	PG_END_TRY();
 
 	MemoryContextSwitchTo(loop_cxt);
+	if (kind == STEP_HTTP)
+		eo_http_step_done(ok);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return ok;
@@ -987,6 +1042,7 @@ forget_plans(void)
 			SPI_freeplan(*plans[i]);
 		*plans[i] = NULL;
 	}
+	eo_http_forget_plans();
 	config_loaded = false;
 }
 
@@ -1165,6 +1221,9 @@ eo_relay_worker_main(Datum main_arg)
 			bool		route_ok;
 			bool		retry_ok = true;
 			bool		housekeeping_ok = true;
+			bool		http_ok = true;
+			bool		http_wanted;
+			TimestampTz due;
 
 			set_state(RELAY_ROUTING);
 			route_ok = run_step(STEP_ROUTE, &n, NULL);
@@ -1174,6 +1233,7 @@ eo_relay_worker_main(Datum main_arg)
 				retry_needed = true;	/* new held or failed deliveries */
 
 			now = GetCurrentTimestamp();
+			http_wanted = retry_needed || now >= next_retry || eo_http_work_waiting();
 			if (retry_needed || now >= next_retry)
 			{
 				set_state(RELAY_RETRYING);
@@ -1184,6 +1244,20 @@ eo_relay_worker_main(Datum main_arg)
 					more = true;
 			}
 
+			/*
+			 * Webhooks: record what finished, send what is due.  Only where
+			 * http destinations exist (or may have appeared).
+			 */
+			if (http_wanted &&
+				(config_has_http || !config_loaded || eo_http_work_waiting() ||
+				 my_slot->config_generation != config_seen))
+			{
+				set_state(RELAY_SENDING);
+				http_ok = run_step(STEP_HTTP, &n, NULL);
+				due = eo_http_next_due();	/* (Min() evaluates twice) */
+				next_retry = Min(next_retry, due);
+			}
+
 			if (now >= next_housekeeping)
 			{
 				set_state(RELAY_HOUSEKEEPING);
@@ -1192,7 +1266,7 @@ eo_relay_worker_main(Datum main_arg)
 																(int64) eo_relay_naptime_secs * 1000);
 			}
 
-			ok = route_ok && retry_ok && housekeeping_ok;
+			ok = route_ok && retry_ok && housekeeping_ok && http_ok;
 			if (ok)
 			{
 				consecutive_errors = 0;
@@ -1225,7 +1299,11 @@ eo_relay_worker_main(Datum main_arg)
 		}
 
 		if (more)
+		{
+			/* Keep requests moving while a backlog is routed. */
+			(void) eo_http_wait(0);
 			continue;
+		}
 
 		set_state(consecutive_errors > 0 ? RELAY_BACKING_OFF : RELAY_IDLE);
 		now = GetCurrentTimestamp();
@@ -1243,7 +1321,6 @@ eo_relay_worker_main(Datum main_arg)
 			timeout_ms = wake <= now ? 1 :
 				(long) Min((wake - now) / 1000 + 1, (int64) eo_relay_naptime_secs * 1000);
 		}
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout_ms, PG_WAIT_EXTENSION);
+		(void) eo_http_wait(timeout_ms);
 	}
 }

@@ -1,0 +1,355 @@
+/*-------------------------------------------------------------------------
+ *
+ * http_request.c
+ *	  One webhook request: the body, the headers (the destination's, the
+ *	  message's, then the relay's own: Idempotency-Key and the Standard
+ *	  Webhooks webhook-id / webhook-timestamp / webhook-signature), and a
+ *	  libcurl easy handle ready to be added to the dispatcher's multi
+ *	  handle.  After the transfer, the status, Retry-After, latency and the
+ *	  first bytes of the response are read back into the request.
+ *
+ *	  Signature (Standard Webhooks): for every secret of the destination,
+ *	  "v1," + base64(HMAC-SHA256(secret, "<id>.<timestamp>.<body>")),
+ *	  separated by spaces.
+ *
+ *	  Memory: a request and everything palloc'd for it live in its own
+ *	  context; libcurl's own allocations (easy handle, header list) are
+ *	  freed by eo_http_request_free().  The libcurl callbacks below run
+ *	  inside libcurl: they never palloc, never raise an error.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <time.h>
+
+#include "common/base64.h"
+#include "common/hmac.h"
+#include "common/sha2.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "http.h"
+
+#define EO_USER_AGENT "eo_processing/0.4.0"
+
+/* libcurl write callback: keep the first bytes of the body, drop the rest. */
+static size_t
+collect_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+	HttpRequest *req = arg;
+	size_t		n = size * nmemb;
+	size_t		room = EO_HTTP_SNIPPET_BYTES - req->snippet_len;
+
+	if (room > 0)
+	{
+		size_t		take = Min(n, room);
+
+		memcpy(req->snippet + req->snippet_len, data, take);
+		req->snippet_len += take;
+	}
+	return n;
+}
+
+/* libcurl header callback: note Retry-After (seconds or an HTTP date). */
+static size_t
+collect_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+	HttpRequest *req = arg;
+	size_t		n = size * nmemb;
+	static const char name[] = "retry-after:";
+	char		value[128];
+	size_t		len;
+
+	/* A new status line (after "100 Continue", say) starts over. */
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+	{
+		req->retry_after_secs = -1;
+		return n;
+	}
+	if (n <= sizeof(name) - 1 || pg_strncasecmp(data, name, sizeof(name) - 1) != 0)
+		return n;
+
+	len = Min(n - (sizeof(name) - 1), sizeof(value) - 1);
+	memcpy(value, data + sizeof(name) - 1, len);
+	value[len] = '\0';
+	while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' || value[len - 1] == ' '))
+		value[--len] = '\0';
+	{
+		char	   *p = value;
+		char	   *end;
+		long		secs;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		secs = strtol(p, &end, 10);
+		if (end != p && *end == '\0')
+			req->retry_after_secs = (int) Max(0, Min(secs, EO_HTTP_MAX_RETRY_AFTER_SECS));
+		else
+		{
+			time_t		when = curl_getdate(p, NULL);
+
+			if (when != -1)
+			{
+				long		delta = (long) (when - time(NULL));
+
+				req->retry_after_secs = (int) Max(0, Min(delta, EO_HTTP_MAX_RETRY_AFTER_SECS));
+			}
+		}
+	}
+	return n;
+}
+
+/*
+ * eo_webhook_signature
+ *		The webhook-signature header value for a message, or NULL when the
+ *		destination has no secret.  palloc'd.
+ */
+char *
+eo_webhook_signature(const DestinationConfig *dest, const char *msg_id,
+					 int64 timestamp, const char *body, size_t body_len)
+{
+	StringInfoData out;
+	char		prefix[64 + 32];
+	int			prefix_len;
+
+	if (dest->nsecrets == 0)
+		return NULL;
+	prefix_len = snprintf(prefix, sizeof(prefix), "%s." INT64_FORMAT ".", msg_id, timestamp);
+	initStringInfo(&out);
+	for (int i = 0; i < dest->nsecrets; i++)
+	{
+		pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+		uint8		mac[PG_SHA256_DIGEST_LENGTH];
+		char		b64[64];
+		int			b64_len;
+
+		if (ctx == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		if (pg_hmac_init(ctx, dest->secrets[i].bytes, dest->secrets[i].len) < 0 ||
+			pg_hmac_update(ctx, (const uint8 *) prefix, prefix_len) < 0 ||
+			pg_hmac_update(ctx, (const uint8 *) body, body_len) < 0 ||
+			pg_hmac_final(ctx, mac, sizeof(mac)) < 0)
+		{
+			const char *why = pg_hmac_error(ctx);
+
+			pg_hmac_free(ctx);
+			elog(ERROR, "eo_processing: could not compute a webhook signature: %s", why);
+		}
+		pg_hmac_free(ctx);
+		b64_len = pg_b64_encode((const char *) mac, sizeof(mac), b64, sizeof(b64));
+		if (b64_len < 0)
+			elog(ERROR, "eo_processing: could not encode a webhook signature");
+		appendStringInfo(&out, "%sv1,%.*s", i > 0 ? " " : "", b64_len, b64);
+	}
+	return out.data;
+}
+
+/* Append a header line to the request's list; false if libcurl failed. */
+static bool
+add_header(HttpRequest *req, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(req->headers, line);
+
+	if (l == NULL)
+		return false;
+	req->headers = l;
+	return true;
+}
+
+/*
+ * message_headers
+ *		Add the message's headers.  Returns an error text if one cannot be
+ *		sent over HTTP (messages published before 0.3.0 were not checked).
+ */
+static const char *
+message_headers(HttpRequest *req, const EoMessage *msg)
+{
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (msg->headers == NULL)
+		return NULL;
+	it = JsonbIteratorInit(&msg->headers->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		if (tok != WJB_KEY)
+			continue;
+		if (JsonbIteratorNext(&it, &v, true) != WJB_VALUE || v.type != jbvString ||
+			!eo_http_header_name_ok(k.val.string.val, k.val.string.len) ||
+			eo_http_header_reserved(k.val.string.val, k.val.string.len) ||
+			!eo_http_header_value_ok(v.val.string.val, v.val.string.len))
+			return psprintf("message header \"%.*s\" cannot be sent as an HTTP header",
+							Min(k.val.string.len, 64), k.val.string.val);
+		if (!add_header(req, psprintf("%.*s: %.*s", k.val.string.len, k.val.string.val,
+									  v.val.string.len, v.val.string.val)))
+			return "out of memory in libcurl";
+	}
+	return NULL;
+}
+
+/*
+ * eo_http_request_build
+ *		A request for one attempt to deliver "msg" to "dest", in a new
+ *		memory context under "parent".  If it cannot be sent, the request
+ *		has no easy handle and build_error says why.  Raises an error only
+ *		for out-of-memory conditions of PostgreSQL's allocator.
+ */
+HttpRequest *
+eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
+					  const EoMessage *msg, int attempt)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "eo_processing http request",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	HttpRequest *req = palloc0(sizeof(HttpRequest));
+	char	   *id = eo_uuid_to_cstring(&msg->id);
+	int64		now_secs = (int64) time(NULL);
+	char	   *body;
+	size_t		body_len;
+	bool		json = (msg->payload_text == NULL);
+	char	   *signature;
+	const char *error = NULL;
+	ListCell   *lc;
+
+	req->cxt = cxt;
+	req->dest_id = dest->id;
+	req->msg_id = msg->id;
+	req->attempt = attempt;
+	req->started_at = GetCurrentTimestamp();
+	req->retry_after_secs = -1;
+
+	if (json)
+		body = msg->payload ? JsonbToCString(NULL, &msg->payload->root, VARSIZE(msg->payload)) :
+			pstrdup("null");
+	else
+		body = pstrdup(msg->payload_text);
+	body_len = strlen(body);
+	signature = eo_webhook_signature(dest, id, now_secs, body, body_len);
+
+	if (!eo_http_host_allowed(dest->host))
+	{
+		req->build_error = psprintf("host \"%s\" is not in eo.http_allowed_hosts", dest->host);
+		MemoryContextSwitchTo(old);
+		return req;
+	}
+
+	foreach(lc, dest->headers)
+	{
+		if (!add_header(req, lfirst(lc)))
+			error = "out of memory in libcurl";
+	}
+	if (error == NULL)
+		error = message_headers(req, msg);
+	if (error != NULL)
+	{
+		req->build_error = error;
+		req->permanent = (strncmp(error, "message header", 14) == 0);
+		MemoryContextSwitchTo(old);
+		return req;
+	}
+	if (!add_header(req, json ? "Content-Type: application/json" :
+					"Content-Type: text/plain; charset=utf-8") ||
+		!add_header(req, psprintf("Idempotency-Key: %s", id)) ||
+		!add_header(req, psprintf("webhook-id: %s", id)) ||
+		!add_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_secs)) ||
+		(signature && !add_header(req, psprintf("webhook-signature: %s", signature))) ||
+		!add_header(req, psprintf("eo-topic: %s", msg->topic)) ||
+		(msg->key && !add_header(req, psprintf("eo-key: %s", msg->key))) ||
+		!add_header(req, "Expect:"))
+	{
+		req->build_error = "out of memory in libcurl";
+		MemoryContextSwitchTo(old);
+		return req;
+	}
+
+	req->easy = curl_easy_init();
+	if (req->easy == NULL)
+	{
+		req->build_error = "could not create a libcurl handle";
+		MemoryContextSwitchTo(old);
+		return req;
+	}
+	curl_easy_setopt(req->easy, CURLOPT_URL, dest->url);
+	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
+	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, EO_USER_AGENT);
+	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, (long) dest->timeout_ms);
+	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(dest->timeout_ms, 10000));
+	curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYPEER, dest->tls_verify ? 1L : 0L);
+	curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYHOST, dest->tls_verify ? 2L : 0L);
+	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_WRITEFUNCTION, collect_body);
+	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(req->easy, CURLOPT_HEADERFUNCTION, collect_header);
+	curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
+	curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
+
+	MemoryContextSwitchTo(old);
+	return req;
+}
+
+/* After the transfer: status code and latency. */
+void
+eo_http_request_collect(HttpRequest *req, CURLcode result)
+{
+	curl_off_t	total = 0;
+
+	req->result = result;
+	if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status) != CURLE_OK)
+		req->status = 0;
+	if (curl_easy_getinfo(req->easy, CURLINFO_TOTAL_TIME_T, &total) == CURLE_OK)
+		req->latency_us = (int64) total;
+	req->snippet[req->snippet_len] = '\0';
+	/* Keep printable ASCII only: the column is text in any encoding. */
+	for (int i = 0; i < req->snippet_len; i++)
+	{
+		unsigned char c = (unsigned char) req->snippet[i];
+
+		if (c < 0x20 || c > 0x7e)
+			req->snippet[i] = (c == '\n' || c == '\t') ? ' ' : '?';
+	}
+}
+
+/*
+ * eo_http_request_error
+ *		What went wrong, as recorded in eo.delivery and eo.http_attempt, or
+ *		NULL for a 2xx answer.  palloc'd or constant.
+ */
+const char *
+eo_http_request_error(const HttpRequest *req)
+{
+	if (req->easy == NULL)
+		return req->build_error;
+	if (req->result != CURLE_OK)
+		return psprintf("%s", req->errbuf[0] ? req->errbuf : curl_easy_strerror(req->result));
+	if (req->status >= 200 && req->status < 300)
+		return NULL;
+	return psprintf("HTTP status %ld", req->status);
+}
+
+/* Free the easy handle, the header list and the request's memory. */
+void
+eo_http_request_free(HttpRequest *req)
+{
+	if (req->easy != NULL)
+		curl_easy_cleanup(req->easy);
+	if (req->headers != NULL)
+		curl_slist_free_all(req->headers);
+	MemoryContextDelete(req->cxt);
+}
