@@ -42,6 +42,25 @@ REVOKE ALL ON TABLE eo.http_attempt FROM PUBLIC;
 -- extension owner and superusers) and on eo.http_allowed_hosts.
 ALTER FUNCTION eo.check_destination_options(text, jsonb) STABLE;
 
+-- Options are checked (and the http privilege rule applied) also when
+-- eo.destination is written directly, by a role the owner gave rights on it.
+CREATE FUNCTION eo.destination_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.kind IS DISTINCT FROM OLD.kind
+       OR NEW.options IS DISTINCT FROM OLD.options THEN
+        PERFORM eo.check_destination_options(NEW.kind, NEW.options);
+    END IF;
+    RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION eo.destination_check() FROM PUBLIC;
+CREATE TRIGGER destination_check
+    BEFORE INSERT OR UPDATE ON eo.destination
+    FOR EACH ROW EXECUTE FUNCTION eo.destination_check();
+
 CREATE OR REPLACE FUNCTION eo.alter_destination(name text, options jsonb)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
