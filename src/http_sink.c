@@ -84,6 +84,14 @@ static SPIPlanPtr plan_failed = NULL;
 static SPIPlanPtr plan_disable = NULL;
 static SPIPlanPtr plan_stats = NULL;
 
+/* The request a list node belongs to. */
+static inline HttpRequest *
+request_of(dlist_node *node)
+{
+	/* cppcheck-suppress nullPointer ; offsetof() inside dlist_container() */
+	return dlist_container(HttpRequest, node, node);
+}
+
 /* libcurl socket callback: remember what to wait for on a socket. */
 static int
 socket_changed(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
@@ -141,7 +149,7 @@ free_requests(dlist_head *list)
 
 	dlist_foreach_modify(it, list)
 	{
-		HttpRequest *req = dlist_container(HttpRequest, node, it.cur);
+		HttpRequest *req = request_of(it.cur);
 
 		dlist_delete(&req->node);
 		if (req->easy != NULL && multi != NULL)
@@ -236,7 +244,7 @@ count_in_flight(int32 dest_id)
 
 	dlist_foreach(it, &in_flight)
 	{
-		if (dlist_container(HttpRequest, node, it.cur)->dest_id == dest_id)
+		if (request_of(it.cur)->dest_id == dest_id)
 			n++;
 	}
 	return n;
@@ -383,7 +391,7 @@ record_outcomes(List *dests)
 
 		dlist_foreach(it, &recording)
 		{
-			HttpRequest *req = dlist_container(HttpRequest, node, it.cur);
+			HttpRequest *req = request_of(it.cur);
 
 			if (req->dest_id != dest->id)
 				continue;		/* a dropped destination's rows went with it */
@@ -606,7 +614,7 @@ eo_http_step_done(bool committed)
 		return;
 	dlist_foreach_modify(it, &starting)
 	{
-		HttpRequest *req = dlist_container(HttpRequest, node, it.cur);
+		HttpRequest *req = request_of(it.cur);
 
 		dlist_delete(&req->node);
 		if (req->easy == NULL)
