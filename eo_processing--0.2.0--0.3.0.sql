@@ -1,4 +1,4 @@
--- eo_processing 0.2.0 -> 0.3.0: the HTTP sink.
+-- eo_processing 0.2.0 -> 0.3.0: the HTTP sink, and stored results owned by roles.
 --
 -- Destinations of kind 'http' deliver messages as signed webhooks (POST,
 -- Standard Webhooks headers, Idempotency-Key = message id).  The relay
@@ -8,6 +8,12 @@
 -- same id, never loses it.
 
 \echo Use "ALTER EXTENSION eo_processing UPDATE TO '0.3.0'" to load this file. \quit
+
+-- Stored results belong to the role that stored them (eo.set_result): only
+-- it, its members and superusers read or replace them.  regrole, so that
+-- pg_dump writes the role's name and a restore maps it to the right role.
+-- Results stored before 0.3.0 have no owner and stay readable as before.
+ALTER TABLE eo.inbox ADD COLUMN result_owner regrole;
 
 ALTER TABLE eo.destination DROP CONSTRAINT destination_kind_check;
 ALTER TABLE eo.destination ADD CONSTRAINT destination_kind_check

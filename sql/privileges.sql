@@ -63,6 +63,31 @@ SELECT msg_id FROM eo.inbox ORDER BY msg_id;
 DROP OPERATOR public.<= (timestamptz, timestamptz);
 DROP FUNCTION public.now();
 
+-- Stored results belong to the role that stored them: another application
+-- role sees the message as processed but cannot read or replace the result;
+-- members of the owning role can.
+CREATE ROLE regress_eo_app2;
+CREATE ROLE regress_eo_app_member IN ROLE regress_eo_app;
+GRANT USAGE ON SCHEMA eo TO regress_eo_app2;
+GRANT EXECUTE ON FUNCTION eo.process(text, text, interval),
+  eo.set_result(text, jsonb, text), eo.result(text, text) TO regress_eo_app2;
+SET ROLE regress_eo_app;
+SELECT eo.process('owned-1', 'payments') AS first;
+SELECT eo.set_result('owned-1', '{"charge": "ch_1"}', 'payments');
+SET ROLE regress_eo_app2;
+SELECT eo.process('owned-1', 'payments') AS duplicate_for_app2;
+SELECT eo.result('owned-1', 'payments');
+SELECT eo.set_result('owned-1', '{"charge": "forged"}', 'payments');
+SET ROLE regress_eo_app_member;
+SELECT eo.result('owned-1', 'payments') AS member_reads;
+RESET ROLE;
+SELECT eo.result('owned-1', 'payments') AS superuser_reads,
+       result_owner FROM eo.inbox WHERE msg_id = 'owned-1';
+REVOKE ALL ON FUNCTION eo.process(text, text, interval),
+  eo.set_result(text, jsonb, text), eo.result(text, text) FROM regress_eo_app2;
+REVOKE ALL ON SCHEMA eo FROM regress_eo_app2;
+DROP ROLE regress_eo_app2, regress_eo_app_member;
+
 \set VERBOSITY default
 -- Full message once, for the record.
 SET ROLE regress_eo_app;

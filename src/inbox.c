@@ -37,6 +37,8 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/jsonb.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/timestamp.h"
 
 #include "eo_processing.h"
@@ -56,6 +58,7 @@ enum
 	INBOX_CONSUMER,
 	INBOX_MSG_ID,
 	INBOX_RESULT,
+	INBOX_RESULT_OWNER,
 	INBOX_NCOLUMNS
 };
 
@@ -65,7 +68,30 @@ static const KeyedTableColumn inbox_columns[INBOX_NCOLUMNS] = {
 	{"consumer", TEXTOID},
 	{"msg_id", TEXTOID},
 	{"result", JSONBOID},
+	{"result_owner", REGROLEOID},
 };
+
+/*
+ * check_result_access
+ *		Results belong to the role that stored them: only it, its members
+ *		and superusers may read or replace them.  Records without an owner
+ *		(no result, or stored before version 0.3.0) are open.
+ */
+static void
+check_result_access(TupleTableSlot *oldslot, text *msg_id, text *consumer,
+					const char *action)
+{
+	bool		isnull;
+	Datum		owner = slot_getattr(oldslot, INBOX_RESULT_OWNER + 1, &isnull);
+
+	if (isnull || has_privs_of_role(GetUserId(), DatumGetObjectId(owner)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to %s the result of message \"%s\" for consumer \"%s\"",
+					action, text_to_cstring(msg_id), text_to_cstring(consumer)),
+			 errdetail("A stored result belongs to the role that stored it and the members of that role.")));
+}
 
 /*
  * inbox_open
@@ -280,6 +306,7 @@ eo_set_result(PG_FUNCTION_ARGS)
 	}
 
 	oldslot = kt->oldslot;
+	check_result_access(oldslot, msg_id, consumer, "replace");
 	slot_getallattrs(oldslot);
 	ExecClearTuple(newslot);
 	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * INBOX_NCOLUMNS);
@@ -287,6 +314,8 @@ eo_set_result(PG_FUNCTION_ARGS)
 	newslot->tts_isnull[INBOX_RESULT] = PG_ARGISNULL(1);
 	newslot->tts_values[INBOX_RESULT] = PG_ARGISNULL(1) ? (Datum) 0 :
 		PointerGetDatum(PG_GETARG_JSONB_P(1));
+	newslot->tts_isnull[INBOX_RESULT_OWNER] = PG_ARGISNULL(1);
+	newslot->tts_values[INBOX_RESULT_OWNER] = ObjectIdGetDatum(GetUserId());
 	ExecStoreVirtualTuple(newslot);
 
 	kt_update(kt);
@@ -314,6 +343,7 @@ eo_result(PG_FUNCTION_ARGS)
 		bool		isnull;
 		Datum		value = slot_getattr(kt->oldslot, INBOX_RESULT + 1, &isnull);
 
+		check_result_access(kt->oldslot, msg_id, consumer, "read");
 		if (!isnull)
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(kt->callercxt);
