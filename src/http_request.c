@@ -184,8 +184,8 @@ message_headers(HttpRequest *req, const EoMessage *msg)
 			!eo_http_header_name_ok(k.val.string.val, k.val.string.len) ||
 			eo_http_header_reserved(k.val.string.val, k.val.string.len) ||
 			!eo_http_header_value_ok(v.val.string.val, v.val.string.len))
-			return psprintf("message header \"%.*s\" cannot be sent as an HTTP header",
-							Min(k.val.string.len, 64), k.val.string.val);
+			return "a message header cannot be sent over HTTP (its name is not a token, "
+				"its value has a line break, or the relay sets it itself)";
 		if (!add_header(req, psprintf("%.*s: %.*s", k.val.string.len, k.val.string.val,
 									  v.val.string.len, v.val.string.val)))
 			return "out of memory in libcurl";
@@ -249,7 +249,7 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	if (error != NULL)
 	{
 		req->build_error = error;
-		req->permanent = (strncmp(error, "message header", 14) == 0);
+		req->permanent = (strncmp(error, "a message header", 16) == 0);
 		MemoryContextSwitchTo(old);
 		return req;
 	}
