@@ -130,6 +130,21 @@ sub seen { return $_[0]->{seen}; }
 # The notifications received so far, in arrival order (hash refs).
 sub notifications { return @{ $_[0]->{notifications} }; }
 
+# received($channel [, $topic]): hash ref, message id => times received on
+# the channel (only messages of this topic when one is given).
+sub received
+{
+	my ($self, $channel, $topic) = @_;
+	my %ids;
+	for my $n (@{ $self->{notifications} })
+	{
+		next unless $n->{channel} eq $channel && defined $n->{id};
+		next if defined $topic && $n->{payload} !~ /"topic": "\Q$topic\E"/;
+		$ids{ $n->{id} }++;
+	}
+	return \%ids;
+}
+
 # The first notification of a message id, or undef.
 sub first_of
 {

@@ -11,20 +11,36 @@
 # to wait for the orphaned children of a killed postmaster, eo_poll_start()
 # to start a node again once they are gone, eo_relay_pid() and
 # eo_proc_status() to watch a relay worker.
+#
+# The reliability tests (020-022) add: eo_new_node() for a started node
+# with the library preloaded, eo_wait_relay() to wait for a database's
+# relay worker, eo_wait_drained() to wait until it has nothing left to do,
+# eo_set_relay_enabled() to turn the relay off and on by reload,
+# eo_id_set() to read a set of ids from a node, and
+# eo_clients_start() / eo_clients_run() / eo_clients_finish(): application
+# sessions that keep statements in flight (one per connection, DBD::Pg's
+# asynchronous queries) and record which ones were acknowledged, so that a
+# test can kill a server under load and know what each client was told.
 
 package EOTest;
 
 use strict;
 use warnings FATAL => 'all';
 
+use DBI;
+use DBD::Pg qw(:async);
 use Exporter 'import';
 use IPC::Run;
 use Time::HiRes ();
+use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(eo_pgbench eo_pgbench_start eo_pgbench_finish eo_server_pids
-  eo_wait_pids_gone eo_poll_start eo_relay_pid eo_proc_status);
+  eo_wait_pids_gone eo_poll_start eo_relay_pid eo_proc_status eo_new_node
+  eo_wait_relay eo_wait_drained
+  eo_set_relay_enabled eo_id_set eo_clients_start eo_clients_run
+  eo_clients_finish);
 
 # The pgbench command line of eo_pgbench(); writes the script file.
 sub _pgbench_command
@@ -234,6 +250,186 @@ sub eo_relay_pid
 	return $node->safe_psql('postgres',
 		qq{SELECT pid FROM pg_stat_activity
 		    WHERE backend_type = 'eo_processing relay' AND datname = '$dbname'});
+}
+
+# eo_new_node($name, %params): a new PostgreSQL::Test::Cluster node with
+# eo_processing in shared_preload_libraries, started.
+#   init  hash ref of parameters for $node->init (e.g. allows_streaming)
+#   conf  more postgresql.conf lines
+sub eo_new_node
+{
+	my ($name, %p) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $p{init} // {} });
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'eo_processing'\n" . ($p{conf} // ''));
+	$node->start;
+	return $node;
+}
+
+# eo_wait_relay($node, $dbname): poll until the relay worker of a database
+# runs and is idle; returns what poll_query_until returned.
+sub eo_wait_relay
+{
+	my ($node, $dbname) = @_;
+	return $node->poll_query_until('postgres',
+		qq{SELECT count(*) = 1 FROM eo.relay_status
+		    WHERE datname = '$dbname' AND pid IS NOT NULL AND state = 'idle'});
+}
+
+# eo_wait_drained($node, $dbname): poll until eo.outbox is empty and no
+# delivery is unfinished; returns what poll_query_until returned.
+sub eo_wait_drained
+{
+	my ($node, $dbname) = @_;
+	return $node->poll_query_until(
+		$dbname, q{
+		SELECT NOT EXISTS (SELECT 1 FROM eo.outbox)
+		   AND NOT EXISTS (SELECT 1 FROM eo.delivery WHERE state <> 'dead')});
+}
+
+# eo_set_relay_enabled($node, 'on' | 'off'): ALTER SYSTEM and reload, then
+# wait until new sessions see the value.  (The server keeps the setting
+# across a crash restart, and a restart reads it from postgresql.auto.conf.)
+sub eo_set_relay_enabled
+{
+	my ($node, $value) = @_;
+	$node->safe_psql('postgres',
+		"ALTER SYSTEM SET eo.relay_enabled = $value; SELECT pg_reload_conf()");
+	$node->poll_query_until('postgres', 'SHOW eo.relay_enabled', $value)
+	  or die "eo.relay_enabled did not become $value";
+	return;
+}
+
+# eo_id_set($node, $dbname, $sql): hash ref with the values of the first
+# column of a query as keys (each mapped to 1).
+sub eo_id_set
+{
+	my ($node, $dbname, $sql) = @_;
+	return { map { ($_ => 1) } grep { $_ ne '' } split /\n/,
+		  $node->safe_psql($dbname, $sql) };
+}
+
+# eo_clients_start($node, $dbname, $n): $n application sessions (DBD::Pg,
+# autocommit) for eo_clients_run().  Returns a handle; its {statements} is
+# the list of every statement issued, as a hash ref:
+#   client  1 .. $n
+#   tag     whatever the statement source gave (see eo_clients_run)
+#   state   'in flight', 'ok' (result received: acknowledged),
+#           'error' (an error from the server, session still usable) or
+#           'lost' (the session died: the outcome is unknown)
+#   row     array ref of the first result row ('ok')
+#   error   the error text ('error', 'lost')
+sub eo_clients_start
+{
+	my ($node, $dbname, $n) = @_;
+	my $dsn = sprintf('dbi:Pg:dbname=%s;host=%s;port=%s',
+		$dbname, $node->host, $node->port);
+	my @clients;
+
+	for my $i (1 .. $n)
+	{
+		my $dbh = DBI->connect($dsn, '', '',
+			{ AutoCommit => 1, RaiseError => 1, PrintError => 0 })
+		  or die "eo_clients_start: cannot connect to $dsn: $DBI::errstr";
+		$dbh->do(q{SET application_name = 'eo_client'});
+		push @clients, { id => $i, dbh => $dbh, sth => {}, current => undef };
+	}
+	return { clients => \@clients, statements => [] };
+}
+
+# Collect the result of a client's statement if it has arrived.  Returns
+# true if the client is free for the next statement.
+sub _client_collect
+{
+	my ($c) = @_;
+	my $st = $c->{current};
+
+	return 0 if $c->{lost};
+	return 1 unless defined $st;
+	my $ready = eval { $c->{dbh}->pg_ready };
+	return 0 if defined $ready && $ready == 0;
+
+	if (eval { $c->{dbh}->pg_result; 1 })
+	{
+		$st->{row} = [ $st->{sth}->fetchrow_array ];
+		$st->{state} = 'ok';
+	}
+	else
+	{
+		$st->{error} = $@;
+		# A server error leaves the session usable; a lost one does not.
+		if (eval { $c->{dbh}->ping })
+		{
+			$st->{state} = 'error';
+		}
+		else
+		{
+			$st->{state} = 'lost';
+			$c->{lost} = 1;
+		}
+	}
+	delete $st->{sth};
+	$c->{current} = undef;
+	$c->{previous} = $st;
+	return !$c->{lost};
+}
+
+# eo_clients_run($h, $next, $until, $timeout): keep each live session busy
+# with one statement at a time until $until->() returns true (checked
+# every few milliseconds) or $timeout seconds have passed; returns
+# $until->().  $next->($client, $previous) gives the client's next
+# statement as a hash ref { sql => ..., bind => [...], tag => ... } (any
+# value as tag), or undef for none; $previous is the client's last
+# finished statement (undef at first).  Statements in flight when it
+# returns stay in flight: call it again to go on, or kill the server and
+# call eo_clients_finish().
+sub eo_clients_run
+{
+	my ($h, $next, $until, $timeout) = @_;
+	my $deadline = Time::HiRes::time() + $timeout;
+
+	while (!$until->())
+	{
+		return $until->() if Time::HiRes::time() >= $deadline;
+		my $rin = '';
+		for my $c (@{ $h->{clients} })
+		{
+			next unless _client_collect($c);
+			my $s = $next->($c->{id}, $c->{previous});
+			next unless defined $s;
+			my $st = { client => $c->{id}, tag => $s->{tag}, state => 'in flight' };
+			$st->{sth} = $c->{sth}{ $s->{sql} } //=
+			  $c->{dbh}->prepare($s->{sql}, { pg_async => PG_ASYNC });
+			$st->{sth}->execute(@{ $s->{bind} // [] });
+			$c->{current} = $st;
+			push @{ $h->{statements} }, $st;
+		}
+		for my $c (grep { $_->{current} } @{ $h->{clients} })
+		{
+			vec($rin, $c->{dbh}->{pg_socket}, 1) = 1;
+		}
+		select(my $rout = $rin, undef, undef, 0.005);
+	}
+	return 1;
+}
+
+# eo_clients_finish($h, $timeout): wait (up to $timeout seconds) for the
+# statements in flight to end, as acknowledged, failed or lost (when the
+# server is gone), then disconnect.  Returns the list of statements.
+sub eo_clients_finish
+{
+	my ($h, $timeout) = @_;
+	my $deadline = Time::HiRes::time() + $timeout;
+
+	for my $c (@{ $h->{clients} })
+	{
+		Time::HiRes::usleep(10_000)
+		  until _client_collect($c) || $c->{lost}
+		  || Time::HiRes::time() >= $deadline;
+		eval { $c->{dbh}->disconnect; };
+	}
+	return @{ $h->{statements} };
 }
 
 # eo_proc_status($pid): /proc/<pid>/status as a hash ref; the memory
