@@ -43,6 +43,8 @@ CREATE INDEX http_attempt_time ON eo.http_attempt (attempted_at);
 COMMENT ON TABLE eo.http_attempt IS
     'every HTTP request of the relay: when, status code or error, latency, start of the response body';
 REVOKE ALL ON TABLE eo.http_attempt FROM PUBLIC;
+-- Like eo.message_log, the attempts go into pg_dump (an audit trail).
+SELECT pg_catalog.pg_extension_config_dump('eo.http_attempt', '');
 
 -- Options now depend on the caller (http destinations are for the
 -- extension owner and superusers) and on eo.http_allowed_hosts.
@@ -133,12 +135,20 @@ CREATE OR REPLACE VIEW eo.stats AS
       ) q ON true;
 
 -- Housekeeping also forgets HTTP attempts older than eo.outbox_retention.
+-- Both purges refuse a negative max_rows (before 0.3.0 that depended on
+-- whether there was anything to delete).
 CREATE OR REPLACE FUNCTION eo.purge_delivered(max_rows bigint DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF max_rows OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'max_rows must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     WITH horizon AS (
         SELECT pg_catalog.now() OPERATOR(pg_catalog.-)
                    pg_catalog.current_setting('eo.outbox_retention')::pg_catalog.interval AS before
@@ -174,7 +184,36 @@ AS $$
          WHERE a.ctid OPERATOR(pg_catalog.=) old_attempts.tid
         RETURNING 1
     )
-    SELECT pg_catalog.count(*) FROM deleted
-$$;
+    SELECT pg_catalog.count(*) INTO n FROM deleted;
+    RETURN n;
+END $$;
 COMMENT ON FUNCTION eo.purge_delivered(bigint) IS
     'deletes routed messages and HTTP attempts older than eo.outbox_retention (at most max_rows each) and idle key rows';
+
+CREATE OR REPLACE FUNCTION eo.purge_expired(max_rows bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF max_rows OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'max_rows must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH doomed AS (
+        SELECT i.ctid AS tid
+          FROM eo.inbox AS i
+         WHERE i.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+         LIMIT max_rows
+    ), deleted AS (
+        DELETE FROM eo.inbox AS i
+         USING doomed
+         WHERE i.ctid OPERATOR(pg_catalog.=) doomed.tid
+           AND i.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+        RETURNING 1
+    )
+    SELECT pg_catalog.count(*) INTO n FROM deleted;
+    RETURN n;
+END $$;
