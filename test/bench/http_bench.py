@@ -8,11 +8,12 @@
                t0 (the reload), t_done (the poll that saw it done), polls,
                and the destination's final counters.
   publish-at   Publish one message per transaction (autocommit) at a steady
-               --rate for --seconds, on a fixed schedule (a late publish
-               does not shift the ones after it); writes a TSV file of
-               message id, then the time the COMMIT returned (epoch
-               seconds).  Prints key=value: sent, achieved rate, how late
-               the publishes started (p99, max).
+               --rate for --seconds from --clients connections (threads),
+               on a fixed schedule (a late publish does not shift the ones
+               after it), after one untimed message per connection; writes
+               a TSV file of message id, then the time the COMMIT returned
+               (epoch seconds).  Prints key=value: sent, achieved rate, how
+               late the publishes started (p99, max).
   handwritten  The outbox relay a user writes by hand: in a loop,
                  BEGIN; SELECT id, payload FROM app_outbox ORDER BY id
                  LIMIT --batch FOR UPDATE SKIP LOCKED; POST each one to
@@ -34,6 +35,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -76,27 +78,43 @@ def cmd_drain(a):
 def cmd_publish_at(a):
     n = int(round(a.rate * a.seconds))
     interval = 1.0 / a.rate
-    late = []
-    with psycopg.connect(a.dsn, autocommit=True) as conn, open(a.out, "w") as out:
-        cur = conn.cursor()
-        sql = "SELECT eo.publish(%s, jsonb_build_object('i', %s::int, 'pad', repeat('p', %s::int)))"
-        cur.execute(sql, (a.topic, 0, a.pad))       # prepare, connect, warm up
-        cur.execute("SELECT 1")
-        start = time.time() + 0.2
-        for i in range(n):
+    sql = "SELECT eo.publish(%s, bench_payload(%s))"
+    conns = [psycopg.connect(a.dsn, autocommit=True) for _ in range(a.clients)]
+    for c in conns:
+        c.execute(sql, (a.topic, 0), prepare=True)      # warm up, untimed
+    results = [[] for _ in conns]       # per client: (id, commit time, late by)
+    start = time.time() + 0.2
+
+    def client(k):
+        # Client k publishes messages k, k + clients, ... on the common
+        # schedule, so that one slow commit delays only its own client.
+        cur = conns[k].cursor()
+        for i in range(k, n, a.clients):
             due = start + i * interval
             now = time.time()
             if now < due:
                 time.sleep(due - now)
                 now = time.time()
-            late.append(max(0.0, now - due))
-            cur.execute(sql, (a.topic, i + 1, a.pad), prepare=True)
+            cur.execute(sql, (a.topic, i + 1), prepare=True)
             msg_id = cur.fetchone()[0]
-            t = time.time()         # autocommit: COMMIT has returned
+            results[k].append((msg_id, time.time(), max(0.0, now - due)))  # COMMIT has returned
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    end = time.time()
+    for c in conns:
+        c.close()
+    rows = [r for rs in results for r in rs]
+    if len(rows) != n:
+        sys.exit("published %d of %d messages" % (len(rows), n))
+    with open(a.out, "w") as out:
+        for msg_id, t, _ in rows:
             out.write("%s\t%.6f\n" % (msg_id, t))
-        end = time.time()
-    late.sort()
-    kv(sent=n + 1, timed=n, rate="%.1f" % (n / (end - start)),
+    late = sorted(r[2] for r in rows)
+    kv(sent=n + a.clients, timed=n, rate="%.1f" % (n / (end - start)),
        late_p99_ms="%.2f" % (pct(late, 99) * 1000), late_max_ms="%.2f" % (late[-1] * 1000))
 
 
@@ -198,7 +216,7 @@ def main():
     p.add_argument("--topic", default="bench.latency")
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seconds", type=float, required=True)
-    p.add_argument("--pad", type=int, default=80)
+    p.add_argument("--clients", type=int, default=4)
     p.add_argument("--out", required=True)
     h = sub.add_parser("handwritten")
     h.add_argument("--dsn", required=True)

@@ -17,11 +17,12 @@
 #      Target: >= 4,800 msg/s, 20x the ~240 requests/s pg_net reports for
 #      its own local benchmark.
 #   2. Latency at a steady BENCH_LATENCY_RATE (500) messages/s for
-#      BENCH_LATENCY_SECONDS (20): one message per transaction from a
-#      psycopg 3 client that notes the time each COMMIT returned, matched
-#      by message id (webhook-id) with nginx's $msec of the request: p50,
-#      p99, max.  nginx logs with millisecond resolution (truncated), so
-#      each figure is within -1 ms of the true one.
+#      BENCH_LATENCY_SECONDS (20): one message per transaction from
+#      BENCH_LATENCY_CLIENTS (4) psycopg 3 connections on one schedule,
+#      noting the time each COMMIT returned, matched by message id
+#      (webhook-id) with nginx's $msec of the request: p50, p99, max.
+#      nginx logs with millisecond resolution (truncated), so each figure
+#      is within -1 ms of the true one.
 #   3. Baseline: the same backlog in a plain table app_outbox, drained by
 #      the relay a user writes by hand (http_bench.py handwritten: Python,
 #      psycopg 3, http.client keep-alive; SELECT ... LIMIT 100 FOR UPDATE
@@ -44,6 +45,7 @@
 #   BENCH_HAND_BATCH=100          rows per transaction of the hand-written relay
 #   BENCH_LATENCY_RATE=500        messages/s of part 2
 #   BENCH_LATENCY_SECONDS=20      duration of part 2
+#   BENCH_LATENCY_CLIENTS=4       publishing connections of part 2
 #   BENCH_PARTS="1 2 3"           which parts to run
 #   BENCH_NGINX_WORKERS=1         nginx worker processes
 #   BENCH_SYNC_COMMIT=off         run with synchronous_commit=off; default:
@@ -78,6 +80,7 @@ sign=${BENCH_HTTP_SIGN:-1}
 hand_batch=${BENCH_HAND_BATCH:-100}
 lat_rate=${BENCH_LATENCY_RATE:-500}
 lat_seconds=${BENCH_LATENCY_SECONDS:-20}
+lat_clients=${BENCH_LATENCY_CLIENTS:-4}
 parts=${BENCH_PARTS:-"1 2 3"}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
 sync_commit=${BENCH_SYNC_COMMIT:-}
@@ -88,7 +91,7 @@ pg_config=$(default_pg_config)
 seconds=$lat_seconds            # (check_sync_commit's warmup; unused here)
 target=4800                     # msg/s: 20 x pg_net's ~240 requests/s
 
-for v in n_msgs n_txns hand_batch lat_rate lat_seconds nginx_workers; do
+for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
 done
 for c in $conc_list; do
@@ -419,7 +422,7 @@ if has_part 2; then
     sleep 1
     load_p2=$(loadavg)
     mark=$(log_mark)
-    res=$(py publish-at --dsn "$dsn" --rate "$lat_rate" --seconds "$lat_seconds" \
+    res=$(py publish-at --dsn "$dsn" --rate "$lat_rate" --seconds "$lat_seconds" --clients "$lat_clients" \
         --out "$tmp/run/commits.tsv") || die "the publishing client failed"
     parse_kv P_ "$res"
     dres=$(py drain --dsn "$dsn" --destination hook_lat --expect "$P_sent" --timeout 120) ||
@@ -487,7 +490,7 @@ if has_part 3; then
     out ""
 fi
 if has_part 2; then
-    out "## 2. Latency at a steady $lat_rate msg/s (one message per transaction, concurrency 16)"
+    out "## 2. Latency at a steady $lat_rate msg/s (one message per transaction, $lat_clients clients; concurrency 16)"
     out ""
     out "| rate | duration | achieved | publishes late by p99 / max | matched | nginx lines | commit → request p50 (ms) | p99 | max | min |"
     out "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"
