@@ -546,6 +546,8 @@ route_batch(int limit)
 	const char **errors;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
+	/* Says whether this batch held any: not a previous batch's answer. */
+	deliveries_added = false;
 	claim_args[0] = Int32GetDatum(limit);
 	prepare(&plan_claim,
 			"SELECT id, published_at, topic, key, headers, payload, payload_text"

@@ -32,6 +32,15 @@ check_sync_commit() {
     warmup=$(( seconds / 5 )); (( warmup >= 1 )) || warmup=1; (( warmup <= 5 )) || warmup=5
 }
 
+# default_pg_config: the pg_config to use: $PG_CONFIG if set, else the one
+# of $EO_PG_BINDIR (a relocated PostgreSQL, as in scripts/lib.sh), else
+# pg_config from PATH.
+default_pg_config() {
+    if [[ -n ${PG_CONFIG:-} ]]; then echo "$PG_CONFIG"
+    elif [[ -n ${EO_PG_BINDIR:-} ]]; then echo "$EO_PG_BINDIR/pg_config"
+    else echo pg_config; fi
+}
+
 # check_installation: finds $pg_config's PostgreSQL (sets bindir, pkglibdir,
 # sharedir) and checks that eo_processing is installed there.
 check_installation() {
@@ -146,6 +155,23 @@ run_initdb() {
     echo "initdb in $tmp/data ..." >&2
     as_pg "$bindir/initdb" -D "$tmp/data" -U bench -A trust -E UTF8 --locale="$locale" \
         --no-sync >"$tmp/logs/initdb.log" 2>&1 || { cat "$tmp/logs/initdb.log" >&2; die "initdb failed"; }
+}
+
+# server_conf PRELOAD: the settings every benchmark's cluster gets, for
+# $tmp/data/postgresql.conf: our port and socket only, PRELOAD as
+# shared_preload_libraries, no checkpoint in the middle of a run (each run
+# starts after CHECKPOINT), and $sync_commit if set.
+server_conf() {
+    echo "# --- $bench_name.sh"
+    echo "port = $port"
+    echo "listen_addresses = ''"
+    echo "unix_socket_directories = '$tmp'"
+    echo "shared_preload_libraries = '$1'"
+    echo "shared_buffers = 256MB"
+    echo "max_wal_size = 8GB"
+    echo "checkpoint_timeout = 30min"
+    [[ -n $sync_commit ]] && echo "synchronous_commit = $sync_commit"
+    true
 }
 
 # so_fingerprint: hash and install time of the installed eo_processing.so.
@@ -331,5 +357,159 @@ append_raw_runs() {
         echo "$2"
         printf '%s\n' "${raw_rows[@]}"
         echo ""
+    } >>"$result_file"
+}
+
+# ------------------------------------------------------------------ the relay
+# sql1 SQL: one value (or rows) of SQL, unaligned, as the server user.
+sql1() { psql_q -At -c "$1"; }
+
+# ge A B: true if A >= B (numbers).
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+# verdict RESULT TARGET: "met" if RESULT >= TARGET, else "**missed**".
+verdict() { if ge "$1" "$2"; then echo "met"; else echo "**missed**"; fi; }
+# now_s: the time in seconds since the epoch, with nanoseconds.
+now_s() { date +%s.%N; }
+# elapsed T0 T1: T1 - T0 with two decimals.
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+# relay_pid: prints the pid of this database's relay worker (waits up to
+# 10 s for it to start); false if none.
+relay_pid() {
+    local i pid
+    for (( i = 0; i < 100; i++ )); do
+        pid=$(sql1 "SELECT pid FROM eo.relay_status WHERE datname = current_database() AND pid IS NOT NULL AND pid <> 0")
+        [[ -n $pid ]] && { echo "$pid"; return 0; }
+        sleep 0.1
+    done
+    return 1
+}
+
+# set_relay on|off: ALTER SYSTEM SET eo.relay_enabled + reload, then wait
+# for the worker to see it.
+set_relay() {
+    psql_q -c "ALTER SYSTEM SET eo.relay_enabled = $1" -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.3
+    [[ $(sql1 "SHOW eo.relay_enabled") == "$1" ]] || die "eo.relay_enabled did not become $1"
+}
+
+# proc_cpu_ticks PID: utime + stime of a live process (0 if it is gone).
+proc_cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# ----------------------------------------------------------------------- perf
+# With do_perf=1 (BENCH_PERF=1), perf records chosen processes and
+# pg_stat_statements the statements' times; append_perf_reports writes
+# both next to the result file.  Every function is a no-op otherwise.
+perf_pids=()
+PERF_FILES=()
+STMT_REPORTS=()
+
+# check_perf: dies if do_perf=1 cannot work here.
+check_perf() {
+    [[ $do_perf == 1 ]] || return 0
+    (( EUID == 0 )) || die "BENCH_PERF=1 needs root"
+    command -v perf >/dev/null 2>&1 || die "BENCH_PERF=1 needs perf (Debian: linux-perf)"
+}
+
+# server_conf_eo: server_conf preloading eo_processing, and with do_perf=1
+# also pg_stat_statements (per-statement times of the relay's SQL and of
+# the backends').
+server_conf_eo() {
+    if [[ $do_perf == 1 ]]; then
+        server_conf eo_processing,pg_stat_statements
+        echo "pg_stat_statements.track = all"
+        echo "pg_stat_statements.track_planning = on"
+    else
+        server_conf eo_processing
+    fi
+}
+
+# perf_after_start: perf resolves eo_processing.so by build id: cache the
+# file the server has just loaded, in case "make install" replaces it
+# during the run.
+perf_after_start() {
+    [[ $do_perf == 1 ]] || return 0
+    perf buildid-cache -a "$pkglibdir/eo_processing.so" >/dev/null 2>&1 || true
+}
+
+# perf_after_setup: creates pg_stat_statements in the benchmark's database.
+perf_after_setup() {
+    [[ $do_perf == 1 ]] || return 0
+    sql1 "CREATE EXTENSION pg_stat_statements" >/dev/null
+}
+
+# perf_start NAME PERF-RECORD-ARGS...: "perf record -g" in the background
+# to $tmp/run/perf-NAME.data.
+perf_start() {
+    local name=$1 f
+    shift
+    [[ $do_perf == 1 ]] || return 0
+    f="$tmp/run/perf-$name.data"
+    perf record -g -o "$f" "$@" >"$tmp/logs/perf-$name.log" 2>&1 &
+    perf_pids+=($!)
+    PERF_FILES+=("$name")
+    sleep 0.3
+}
+
+# perf_stop: stops every running perf record.
+perf_stop() {
+    local p
+    [[ $do_perf == 1 ]] || return 0
+    for p in "${perf_pids[@]}"; do
+        kill -INT "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    perf_pids=()
+}
+
+# stmts_reset: forgets the statements' times so far.
+stmts_reset() { [[ $do_perf == 1 ]] && sql1 "SELECT pg_stat_statements_reset()" >/dev/null || true; }
+
+# stmts_save NAME: keeps the statements that took the most time since
+# stmts_reset, for append_perf_reports.
+stmts_save() {
+    [[ $do_perf == 1 ]] || return 0
+    psql_q -c "SELECT calls, round(total_plan_time::numeric, 1) AS plan_ms,
+                      round(total_exec_time::numeric, 1) AS exec_ms,
+                      round(((total_plan_time + total_exec_time) / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call,
+                      rows, shared_blks_hit AS blks_hit, toplevel,
+                      left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query
+                 FROM pg_stat_statements
+                ORDER BY total_plan_time + total_exec_time DESC LIMIT 15" \
+        >"$tmp/run/stmts-$1.txt" 2>&1 || true
+    STMT_REPORTS+=("$1")
+}
+
+# append_perf_reports KIND: a perf report of every recording, as
+# results/KIND-<stamp>-perf-NAME.txt (flat), ...-children.txt (inclusive)
+# and the recording itself (.data), and the saved statement tables appended
+# to the result file.
+append_perf_reports() {
+    local name f rep
+    [[ $do_perf == 1 && $result_file != /dev/null ]] || return 0
+    for name in "${PERF_FILES[@]}"; do
+        f="$tmp/run/perf-$name.data"
+        [[ -s $f ]] || continue
+        rep="$results_dir/$1-$stamp-perf-$name.txt"
+        perf report -i "$f" --stdio --no-children --sort symbol --percent-limit 0.5 \
+            >"$rep" 2>/dev/null || true
+        perf report -i "$f" --stdio --children --sort symbol --percent-limit 2 -g none \
+            >"${rep%.txt}-children.txt" 2>/dev/null || true
+        cp "$f" "${rep%.txt}.data" 2>/dev/null || true
+        echo "perf report of $name: $rep" >&2
+    done
+    {
+        echo "## Statements that took the most time (pg_stat_statements, track = all)"
+        echo ""
+        for name in "${STMT_REPORTS[@]}"; do
+            echo "### $name"
+            echo ""
+            echo '```'
+            cat "$tmp/run/stmts-$name.txt"
+            echo '```'
+            echo ""
+        done
     } >>"$result_file"
 }

@@ -24,7 +24,8 @@
 #   BENCH_ROUNDS=1          repeat the whole series; the median TPS is reported
 #   BENCH_SIZE_IDS=100000   ids for the storage comparison
 #   BENCH_LOCALE=C          locale of the throwaway cluster (see below)
-#   PG_CONFIG=pg_config     which PostgreSQL installation to use
+#   PG_CONFIG=pg_config     which PostgreSQL installation to use (default:
+#                           $EO_PG_BINDIR/pg_config if EO_PG_BINDIR is set)
 #
 # The cluster is created with locale C so that the hand-written table's
 # text key compares with memcmp like eo.inbox's (COLLATE "C"); with e.g.
@@ -47,7 +48,7 @@ clients_list=${BENCH_CLIENTS:-"1 2 8"}
 rounds=${BENCH_ROUNDS:-1}
 size_ids=${BENCH_SIZE_IDS:-100000}
 locale=${BENCH_LOCALE:-C}
-pg_config=${PG_CONFIG:-pg_config}
+pg_config=$(default_pg_config)
 
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
@@ -75,19 +76,7 @@ prepare_tmp "" "${workloads[@]/%/.pgbench}" "${sql_files[@]}"
 pick_port
 run_initdb
 
-{
-    echo "# --- inbox_bench.sh"
-    echo "port = $port"
-    echo "listen_addresses = ''"
-    echo "unix_socket_directories = '$tmp'"
-    echo "shared_preload_libraries = 'eo_processing'"
-    echo "shared_buffers = 256MB"
-    # no checkpoint in the middle of a run: each run starts after CHECKPOINT
-    echo "max_wal_size = 8GB"
-    echo "checkpoint_timeout = 30min"
-    [[ -n $sync_commit ]] && echo "synchronous_commit = $sync_commit"
-    true
-} >>"$tmp/data/postgresql.conf"
+server_conf eo_processing >>"$tmp/data/postgresql.conf"
 
 record_build                    # which build is measured
 start_server

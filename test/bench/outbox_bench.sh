@@ -51,7 +51,8 @@
 #                             list the relay's costliest statements
 #   BENCH_PYTHON=/usr/bin/python3  interpreter of the listener
 #   BENCH_LOCALE=C            locale of the throwaway cluster
-#   PG_CONFIG=pg_config       which PostgreSQL installation to use
+#   PG_CONFIG=pg_config       which PostgreSQL installation to use (default:
+#                             $EO_PG_BINDIR/pg_config if EO_PG_BINDIR is set)
 #   BENCH_NOTE="..."          a line for the machine table (e.g. which build)
 #
 # Results go to stdout and to test/bench/results/outbox-<timestamp>.md
@@ -79,7 +80,7 @@ do_perf=${BENCH_PERF:-0}
 parts=${BENCH_PARTS:-"1 2 3 4"}
 python=${BENCH_PYTHON:-/usr/bin/python3}
 locale=${BENCH_LOCALE:-C}
-pg_config=${PG_CONFIG:-pg_config}
+pg_config=$(default_pg_config)
 
 for v in seconds rounds drain_n lat_rate lat_clients notify_clients; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
@@ -92,10 +93,7 @@ check_sync_commit
 check_installation
 "$python" -c 'import psycopg2' 2>/dev/null ||
     die "$python cannot import psycopg2: install python3-psycopg2 (or set BENCH_PYTHON)"
-if [[ $do_perf == 1 ]]; then
-    (( EUID == 0 )) || die "BENCH_PERF=1 needs root"
-    command -v perf >/dev/null 2>&1 || die "BENCH_PERF=1 needs perf (Debian: linux-perf)"
-fi
+check_perf
 
 workloads=(outbox_w1_business outbox_w2_handwritten outbox_w3_publish outbox_w4_pg_notify)
 declare -A wl_label=(
@@ -110,11 +108,9 @@ require_files "${workloads[@]/%/.pgbench}" "${other_files[@]}"
 # ------------------------------------------------------- who runs the server
 setup_server_user
 listener_pid=""             # the runuser/python process of a running listener
-perf_pids=()
 # cleanup (bench_lib.sh), before it stops the server: stop perf and the listener
 cleanup_before_stop() {
-    local p
-    for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    perf_stop
     if [[ -n $listener_pid ]]; then
         # the python process itself (its pid is in the ready file)
         [[ -s $tmp/run/ready ]] && kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
@@ -138,25 +134,8 @@ pick_port
 run_initdb
 
 {
-    echo "# --- outbox_bench.sh"
-    echo "port = $port"
-    echo "listen_addresses = ''"
-    echo "unix_socket_directories = '$tmp'"
-    if [[ $do_perf == 1 ]]; then
-        # per-statement times of the relay's SQL (and of the backends')
-        echo "shared_preload_libraries = 'eo_processing,pg_stat_statements'"
-        echo "pg_stat_statements.track = all"
-        echo "pg_stat_statements.track_planning = on"
-    else
-        echo "shared_preload_libraries = 'eo_processing'"
-    fi
-    echo "shared_buffers = 256MB"
-    # no checkpoint in the middle of a run: each run starts after CHECKPOINT
-    echo "max_wal_size = 8GB"
-    echo "checkpoint_timeout = 30min"
+    server_conf_eo
     echo "timezone = 'UTC'"
-    [[ -n $sync_commit ]] && echo "synchronous_commit = $sync_commit"
-    true
 } >>"$tmp/data/postgresql.conf"
 
 record_build                    # which build is measured
@@ -165,33 +144,11 @@ dsn="host=$tmp port=$port user=bench dbname=postgres"
 # the runs) is told apart from pgbench's in "ps" (wait_backends_reaped).
 listen_dsn="host=$tmp port=$port user=bench_listener dbname=postgres"
 start_server
-# perf resolves eo_processing.so by build id: cache the file the server has
-# just loaded, in case "make install" replaces it during the run.
-[[ $do_perf == 1 ]] && perf buildid-cache -a "$pkglibdir/eo_processing.so" >/dev/null 2>&1 || true
-
-sql1() { psql_q -At -c "$1"; }
-
+perf_after_start
 run_setup outbox_setup.sql
-[[ $do_perf == 1 ]] && sql1 "CREATE EXTENSION pg_stat_statements" >/dev/null
+perf_after_setup
 
 # ----------------------------------------------------------- relay helpers
-relay_pid() {
-    local i pid
-    for (( i = 0; i < 100; i++ )); do
-        pid=$(sql1 "SELECT pid FROM eo.relay_status WHERE datname = current_database() AND pid IS NOT NULL AND pid <> 0")
-        [[ -n $pid ]] && { echo "$pid"; return 0; }
-        sleep 0.1
-    done
-    return 1
-}
-set_relay() {               # on|off: ALTER SYSTEM + reload, then wait for the worker to see it
-    psql_q -c "ALTER SYSTEM SET eo.relay_enabled = $1" -c "SELECT pg_reload_conf()" >/dev/null
-    sleep 0.3
-    [[ $(sql1 "SHOW eo.relay_enabled") == "$1" ]] || die "eo.relay_enabled did not become $1"
-}
-relay_cpu_ticks() {         # utime + stime of the relay worker
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 wait_outbox_empty() {       # timeout_s -> seconds waited (fractional), dies on timeout
     local limit=$1 t0 n
     t0=$(date +%s.%N)
@@ -248,16 +205,6 @@ analyze() {                 # file [pgbench logs...] -> sets A_* from key=value
 }
 
 # ------------------------------------------------------------ perf helpers
-perf_start() {              # name, then perf record arguments
-    local name=$1 f
-    shift
-    [[ $do_perf == 1 ]] || return 0
-    f="$tmp/run/perf-$name.data"
-    perf record -g -o "$f" "$@" >"$tmp/logs/perf-$name.log" 2>&1 &
-    perf_pids+=($!)
-    PERF_FILES+=("$name")
-    sleep 0.3
-}
 perf_backends_start() {     # name: once pgbench has connected, record its backends
     local name=$1 f
     [[ $do_perf == 1 ]] || return 0
@@ -277,30 +224,6 @@ perf_backends_start() {     # name: once pgbench has connected, record its backe
     ) &
     perf_pids+=($!)
     PERF_FILES+=("$name")
-}
-perf_stop() {
-    local p
-    [[ $do_perf == 1 ]] || return 0
-    for p in "${perf_pids[@]}"; do
-        kill -INT "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    perf_pids=()
-}
-PERF_FILES=()
-STMT_REPORTS=()
-stmts_reset() { [[ $do_perf == 1 ]] && sql1 "SELECT pg_stat_statements_reset()" >/dev/null || true; }
-stmts_save() {              # name: the statements that took the most time since stmts_reset
-    [[ $do_perf == 1 ]] || return 0
-    psql_q -c "SELECT calls, round(total_plan_time::numeric, 1) AS plan_ms,
-                      round(total_exec_time::numeric, 1) AS exec_ms,
-                      round(((total_plan_time + total_exec_time) / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call,
-                      rows, shared_blks_hit AS blks_hit, toplevel,
-                      left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query
-                 FROM pg_stat_statements
-                ORDER BY total_plan_time + total_exec_time DESC LIMIT 15" \
-        >"$tmp/run/stmts-$1.txt" 2>&1 || true
-    STMT_REPORTS+=("$1")
 }
 
 # ------------------------------------------------------------ machine report
@@ -408,7 +331,7 @@ if has_part 2; then
         for w in "${order[@]}"; do
             reset_tables
             start_listener "p2-$w" 15 $(( seconds + 300 ))
-            rc0=$(relay_cpu_ticks "$rpid")
+            rc0=$(proc_cpu_ticks "$rpid")
             if [[ $w == outbox_w3_publish ]]; then
                 perf_start "p2-relay" -p "$rpid"
             fi
@@ -419,7 +342,7 @@ if has_part 2; then
             drain=$(wait_outbox_empty 300)
             perf_stop
             stmts_save "p2-$w"
-            rc1=$(relay_cpu_ticks "$rpid")
+            rc1=$(proc_cpu_ticks "$rpid")
             got=$(sql1 "SELECT count(*) FROM ledger")
             check_near "$w ledger" "$got" "$XACTS" "$notify_clients"
             if [[ $w == outbox_w3_publish ]]; then
@@ -460,7 +383,7 @@ if has_part 3; then
     [[ $(sql1 "SELECT count(*) FROM eo.outbox") == "$drain_n" ]] || die "the backlog was not published"
     psql_q -c "VACUUM ANALYZE eo.outbox" -c "CHECKPOINT" >/dev/null
     start_listener "p3-drain" 15 300
-    rc0=$(relay_cpu_ticks "$rpid")
+    rc0=$(proc_cpu_ticks "$rpid")
     d0=$(sql1 "SELECT delivered_since_start FROM eo.relay_status WHERE pid = $rpid")
     perf_start "p3-relay" -p "$rpid"
     stmts_reset
@@ -495,7 +418,7 @@ EOF
     perf_stop
     stmts_save "p3-drain"
     read -r d_t0 d_counted d_empty <<<"$drain_out"
-    rc1=$(relay_cpu_ticks "$rpid")
+    rc1=$(proc_cpu_ticks "$rpid")
     left=$(sql1 "SELECT count(*) FROM eo.outbox")
     (( left == 0 )) || die "eo.outbox still holds $left messages after 300 s"
     finish_listener "$drain_n"
@@ -642,30 +565,6 @@ if [[ $result_file != /dev/null ]]; then
     append_raw_runs \
         "| part | round | clients | workload | tps | latency avg ms | transactions | server CPU µs/txn | notes |" \
         "|---:|---:|---:|---|---:|---:|---:|---:|---|"
-    if [[ $do_perf == 1 ]]; then
-        for name in "${PERF_FILES[@]}"; do
-            f="$tmp/run/perf-$name.data"
-            [[ -s $f ]] || continue
-            rep="$results_dir/outbox-$stamp-perf-$name.txt"
-            perf report -i "$f" --stdio --no-children --sort symbol --percent-limit 0.5 \
-                >"$rep" 2>/dev/null || true
-            perf report -i "$f" --stdio --children --sort symbol --percent-limit 2 -g none \
-                >"${rep%.txt}-children.txt" 2>/dev/null || true
-            cp "$f" "${rep%.txt}.data" 2>/dev/null || true
-            echo "perf report of $name: $rep" >&2
-        done
-        {
-            echo "## Statements that took the most time (pg_stat_statements, track = all)"
-            echo ""
-            for name in "${STMT_REPORTS[@]}"; do
-                echo "### $name"
-                echo ""
-                echo '```'
-                cat "$tmp/run/stmts-$name.txt"
-                echo '```'
-                echo ""
-            done
-        } >>"$result_file"
-    fi
+    append_perf_reports outbox
     echo "results written to $result_file" >&2
 fi

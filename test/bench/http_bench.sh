@@ -1,0 +1,513 @@
+#!/usr/bin/env bash
+# A_lines, A_p50, ...: assigned by analyze_log() through printf -v
+# shellcheck disable=SC2154
+#
+# http_bench.sh: how fast does the relay deliver webhooks (destinations of
+# kind http, libcurl's multi interface), and how does that compare with the
+# outbox poller a user writes by hand?  In one throwaway cluster, against
+# one local nginx that answers 200 to every POST /hook:
+#
+#   1. Drain rate: a backlog of BENCH_HTTP_MESSAGES (20,000) messages,
+#      published in BENCH_HTTP_TRANSACTIONS (20) transactions with the
+#      relay disabled, then the relay enabled: messages/s until eo.stats
+#      shows the destination with nothing pending, in flight or retrying
+#      and delivered_total = the backlog (polled every 50 ms), for each
+#      concurrency of BENCH_HTTP_CONCURRENCY ("16 64"; 16 is the default).
+#      nginx's access log must hold every message once.
+#      Target: >= 4,800 msg/s, 20x the ~240 requests/s pg_net reports for
+#      its own local benchmark.
+#   2. Latency at a steady BENCH_LATENCY_RATE (500) messages/s for
+#      BENCH_LATENCY_SECONDS (20): one message per transaction from
+#      BENCH_LATENCY_CLIENTS (4) psycopg 3 connections on one schedule,
+#      noting the time each COMMIT returned, matched by message id
+#      (webhook-id) with nginx's $msec of the request: p50, p99, max.
+#      nginx logs with millisecond resolution (truncated), so each figure
+#      is within -1 ms of the true one.
+#   3. Baseline: the same backlog in a plain table app_outbox, drained by
+#      the relay a user writes by hand (http_bench.py handwritten: Python,
+#      psycopg 3, http.client keep-alive; SELECT ... LIMIT 100 FOR UPDATE
+#      SKIP LOCKED, POST each one in turn with the id as Idempotency-Key,
+#      DELETE, COMMIT), same nginx, same payloads; and eo / hand-written.
+#
+# Usage (as root: nginx is installed from Debian if missing and the servers
+# run as "postgres"; or as a normal user with nginx installed; the
+# extension must be installed with "make install"; the clients need
+# python3 with psycopg 3: Debian package python3-psycopg):
+#
+#   EO_PG_BINDIR=/opt/pg-d/usr/lib/postgresql/15/bin test/bench/http_bench.sh
+#
+# Environment:
+#   BENCH_HTTP_MESSAGES=20000     backlog of parts 1 and 3
+#   BENCH_HTTP_TRANSACTIONS=20    transactions that publish the backlog
+#   BENCH_HTTP_CONCURRENCY="16 64"  concurrency option of part 1's runs
+#   BENCH_HTTP_SIGN=1             destinations sign their requests
+#                                 (signing_secret; 0: unsigned)
+#   BENCH_HAND_BATCH=100          rows per transaction of the hand-written relay
+#   BENCH_LATENCY_RATE=500        messages/s of part 2
+#   BENCH_LATENCY_SECONDS=20      duration of part 2
+#   BENCH_LATENCY_CLIENTS=4       publishing connections of part 2
+#   BENCH_PARTS="1 2 3"           which parts to run
+#   BENCH_NGINX_WORKERS=1         nginx worker processes
+#   BENCH_SYNC_COMMIT=off         run with synchronous_commit=off; default:
+#                                 the server default (on)
+#   BENCH_PERF=1                  also "perf record -g" the relay worker
+#                                 during part 1 and list the relay's
+#                                 costliest statements (pg_stat_statements);
+#                                 reports go to the results directory
+#                                 (needs perf and root; perf slows what it
+#                                 records: not for timing)
+#   BENCH_PYTHON=/usr/bin/python3 interpreter of the clients
+#   BENCH_LOCALE=C                locale of the throwaway cluster
+#   PG_CONFIG=pg_config           which PostgreSQL installation to use
+#                                 (default: $EO_PG_BINDIR/pg_config if
+#                                 EO_PG_BINDIR is set)
+#   BENCH_NOTE="..."              a line for the machine table
+#
+# Results go to stdout and to test/bench/results/http-<timestamp>.md.
+
+set -euo pipefail
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bench_name=http_bench
+# shellcheck source=bench_lib.sh
+. "$script_dir/bench_lib.sh"
+
+# ------------------------------------------------------------------ settings
+n_msgs=${BENCH_HTTP_MESSAGES:-20000}
+n_txns=${BENCH_HTTP_TRANSACTIONS:-20}
+conc_list=${BENCH_HTTP_CONCURRENCY:-"16 64"}
+sign=${BENCH_HTTP_SIGN:-1}
+hand_batch=${BENCH_HAND_BATCH:-100}
+lat_rate=${BENCH_LATENCY_RATE:-500}
+lat_seconds=${BENCH_LATENCY_SECONDS:-20}
+lat_clients=${BENCH_LATENCY_CLIENTS:-4}
+parts=${BENCH_PARTS:-"1 2 3"}
+nginx_workers=${BENCH_NGINX_WORKERS:-1}
+sync_commit=${BENCH_SYNC_COMMIT:-}
+do_perf=${BENCH_PERF:-0}
+python=${BENCH_PYTHON:-/usr/bin/python3}
+locale=${BENCH_LOCALE:-C}
+pg_config=$(default_pg_config)
+seconds=$lat_seconds            # (check_sync_commit's warmup; unused here)
+target=4800                     # msg/s: 20 x pg_net's ~240 requests/s
+
+for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
+done
+for c in $conc_list; do
+    if ! [[ $c =~ ^[1-9][0-9]*$ ]] || (( c > 1000 )); then
+        die "BENCH_HTTP_CONCURRENCY must be integers 1..1000"
+    fi
+done
+for p in $parts; do
+    [[ $p =~ ^[1-3]$ ]] || die "BENCH_PARTS must be a list of 1, 2, 3"
+done
+(( n_msgs % n_txns == 0 )) || die "BENCH_HTTP_MESSAGES must be a multiple of BENCH_HTTP_TRANSACTIONS"
+check_sync_commit
+check_installation
+check_perf
+"$python" -c 'import psycopg' 2>/dev/null ||
+    die "$python cannot import psycopg (3): install python3-psycopg (or set BENCH_PYTHON)"
+require_files http_setup.sql http_reset.sql http_bench.py outbox_listener.py
+has_part() { [[ " $parts " == *" $1 "* ]]; }
+
+# --------------------------------------------------------------------- nginx
+# find_nginx: sets nginx_bin (empty if nginx is not installed).
+find_nginx() {
+    nginx_bin=$(command -v nginx 2>/dev/null || true)
+    [[ -z $nginx_bin && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
+    true
+}
+# install_nginx: installs nginx from Debian.  Debian 12's nginx-light is
+# only nginx plus an echo module; older releases' nginx is a metapackage
+# that pulls nginx-core: either gives /usr/sbin/nginx.  Debian starts the
+# system's nginx service after installing it (unless policy-rc.d forbids);
+# this benchmark runs its own instance and leaves that one alone.
+install_nginx() {
+    local pkg candidate
+    (( EUID == 0 )) || die "nginx is not installed: install it (apt-get install nginx) or run as root"
+    for pkg in nginx nginx-light; do
+        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        [[ -n $candidate && $candidate != "(none)" ]] || continue
+        echo "$bench_name: installing $pkg $candidate from Debian ..." >&2
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; then
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null ||
+                die "apt-get install $pkg failed"
+        fi
+        return 0
+    done
+    die "neither nginx nor nginx-light is known to apt (apt-get update?)"
+}
+find_nginx
+if [[ -z $nginx_bin ]]; then
+    install_nginx
+    find_nginx
+    [[ -n $nginx_bin ]] || die "nginx not found after installing it"
+fi
+
+# ------------------------------------------------------- who runs the server
+setup_server_user
+nginx_runner=""             # the runuser/nginx process in the background
+# cleanup (bench_lib.sh), before it stops the server: stop perf and nginx
+cleanup_before_stop() {
+    perf_stop
+    stop_nginx
+}
+make_tmp
+prepare_tmp "run nginx nginx/tmp" http_setup.sql http_reset.sql http_bench.py outbox_listener.py
+
+# nginx_conf: our nginx: one location, POST /hook -> 200 "ok" (the body
+# is read and discarded, so the connection stays usable), long keep-alive,
+# an access log of $msec and the message ids, buffered (written every
+# 100 ms at the latest; $msec is the time of the request, not of the write).
+nginx_conf() {
+    local ng=$tmp/nginx
+    cat <<EOF
+# http_bench.sh: the webhook receiver
+worker_processes $nginx_workers;
+daemon off;
+pid $ng/nginx.pid;
+error_log $ng/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $ng/tmp/body;
+    proxy_temp_path $ng/tmp/proxy;
+    fastcgi_temp_path $ng/tmp/fastcgi;
+    uwsgi_temp_path $ng/tmp/uwsgi;
+    scgi_temp_path $ng/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_buffer_size 64k;
+    default_type text/plain;
+    log_format hook '\$msec \$http_idempotency_key \$status \$connection \$connection_requests \$request_length \$http_webhook_id';
+    server {
+        listen 127.0.0.1:$http_port backlog=4096;
+        location = /hook {
+            access_log $ng/access.log hook buffer=64k flush=100ms;
+            if (\$request_method != POST) { return 405; }
+            return 200 "ok\n";
+        }
+        location / { return 404; }
+    }
+}
+EOF
+}
+# start_nginx: starts our nginx as the server user and waits until it
+# answers; sets nginx_pid (the master) and nginx_version.
+start_nginx() {
+    local i ng=$tmp/nginx
+    nginx_conf >"$ng/nginx.conf"
+    (( EUID == 0 )) && chown -R postgres: "$ng"
+    as_pg "$nginx_bin" -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$tmp/logs/nginx.out" 2>&1 &
+    nginx_runner=$!
+    for (( i = 0; i < 100; i++ )); do
+        if [[ -s $ng/nginx.pid ]] && as_pg "$python" -c '
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=2)
+c.request("POST", "/hook", body=b"{}")
+sys.exit(c.getresponse().status != 200)' "$http_port" 2>/dev/null; then
+            nginx_pid=$(head -n 1 "$ng/nginx.pid")
+            nginx_version=$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')
+            return 0
+        fi
+        kill -0 "$nginx_runner" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$tmp/logs/nginx.out" "$ng/error.log" >&2 2>/dev/null || true
+    die "nginx did not start"
+}
+# stop_nginx: stops our nginx (if running) and waits for it.
+stop_nginx() {
+    [[ -n $nginx_runner ]] || return 0
+    [[ -s $tmp/nginx/nginx.pid ]] && kill -TERM "$(head -n 1 "$tmp/nginx/nginx.pid")" 2>/dev/null
+    wait "$nginx_runner" 2>/dev/null || true
+    nginx_runner=""
+}
+# nginx_cpu_ticks: CPU ticks of nginx's worker processes.
+nginx_cpu_ticks() {
+    local p t=0
+    for p in $(ps -o pid= --ppid "$nginx_pid" 2>/dev/null); do
+        t=$(( t + $(proc_cpu_ticks "$p") ))
+    done
+    echo "$t"
+}
+# log_mark: lines in the access log so far (a phase's first line is the next).
+log_mark() { wc -l <"$tmp/nginx/access.log"; }
+# log_since MARK FILE: once the log has stopped growing (nginx writes its
+# buffer every 100 ms), copy the lines after MARK to FILE.
+log_since() {
+    local mark=$1 n0 n1
+    n1=$(log_mark)
+    while :; do
+        sleep 0.3
+        n0=$n1
+        n1=$(log_mark)
+        (( n1 == n0 )) && break
+    done
+    tail -n +"$(( mark + 1 ))" "$tmp/nginx/access.log" >"$2"
+}
+
+# ------------------------------------------------------------ the servers
+pick_port
+http_port=$port
+pick_port
+[[ $port != "$http_port" ]] || pick_port
+run_initdb
+{
+    server_conf_eo
+    max_c=0
+    for c in $conc_list; do (( c > max_c )) && max_c=$c; done
+    # the concurrency option is capped by eo.http_max_concurrency (64)
+    (( max_c > 64 )) && echo "eo.http_max_concurrency = $max_c"
+    true
+} >>"$tmp/data/postgresql.conf"
+
+record_build                    # which build is measured
+dsn="host=$tmp port=$port user=bench dbname=postgres"
+url="http://127.0.0.1:$http_port/hook"
+start_server
+perf_after_start
+run_setup http_setup.sql
+perf_after_setup
+start_nginx
+touch "$tmp/nginx/access.log"
+
+# ----------------------------------------------------------------- helpers
+py() { as_pg "$python" "$tmp/scripts/http_bench.py" "$@"; }
+reset_tables() {
+    psql_q -f "$tmp/scripts/http_reset.sql" >>"$tmp/logs/reset.log" 2>&1 ||
+        { cat "$tmp/logs/reset.log" >&2; die "reset failed"; }
+}
+# create_hook NAME [CONCURRENCY]: an http destination to our nginx for
+# every bench.* message (the concurrency option left out: its default).
+create_hook() {
+    local opts="'url', '$url'"
+    [[ -n ${2:-} ]] && opts+=", 'concurrency', $2"
+    [[ $sign == 1 ]] && opts+=", 'signing_secret', 'whsec_' || encode(sha256('http_bench'), 'base64')"
+    psql_q -c "SELECT eo.create_destination('$1', 'http', jsonb_build_object($opts))" \
+           -c "SELECT eo.subscribe('bench.*', '$1')" >/dev/null
+}
+drop_hook() { sql1 "SELECT eo.drop_destination('$1', true)" >/dev/null; }
+# publish_backlog eo|hand: the backlog, in n_txns transactions, through
+# eo.publish or into app_outbox; sets publish_s.
+publish_backlog() {
+    local t a b per=$(( n_msgs / n_txns )) f="$tmp/run/publish-$1.sql" t0
+    : >"$f"
+    for (( t = 0; t < n_txns; t++ )); do
+        a=$(( t * per + 1 )); b=$(( (t + 1) * per ))
+        if [[ $1 == eo ]]; then
+            echo "SELECT count(eo.publish('bench.drain', bench_payload(g))) FROM generate_series($a, $b) AS g;" >>"$f"
+        else
+            echo "INSERT INTO app_outbox (payload) SELECT bench_payload(g) FROM generate_series($a, $b) AS g;" >>"$f"
+        fi
+    done
+    t0=$(now_s)
+    psql_q -f "$f" >/dev/null
+    publish_s=$(elapsed "$t0" "$(now_s)")
+    if [[ $1 == eo ]]; then
+        [[ $(sql1 "SELECT count(*) FROM eo.outbox") == "$n_msgs" ]] || die "the backlog was not published"
+        psql_q -c "VACUUM ANALYZE eo.outbox" -c "CHECKPOINT" >/dev/null
+    else
+        [[ $(sql1 "SELECT count(*) FROM app_outbox") == "$n_msgs" ]] || die "app_outbox was not filled"
+        psql_q -c "VACUUM ANALYZE app_outbox" -c "CHECKPOINT" >/dev/null
+    fi
+}
+# parse_kv PREFIX LINE: sets PREFIX<key> for every key=value of LINE.
+parse_kv() {
+    local kv v
+    for v in $(compgen -v "$1"); do unset "$v"; done
+    for kv in $2; do printf -v "$1${kv%%=*}" '%s' "${kv#*=}"; done
+}
+# analyze_log FILE [COMMITS]: nginx's lines of a phase -> A_*.
+analyze_log() {
+    local args=(analyze --log "$1")
+    [[ -n ${2:-} ]] && args+=(--commits "$2")
+    ANALYSIS=$(py "${args[@]}") || die "analysis of $1 failed"
+    parse_kv A_ "$ANALYSIS"
+}
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }'; }
+us_per() { awk -v t="$1" -v hz="$clk_tck" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }'; }
+lines_note() {              # A_* -> "20000 / 20000 distinct, 0 extra"
+    echo "$A_lines / $A_distinct distinct ids, $A_extra extra, $A_non2xx non-2xx"
+}
+
+# ------------------------------------------------------------ machine report
+open_result_file http
+py_version=$("$python" -c 'import sys, psycopg; print("Python %d.%d.%d, psycopg %s" % (sys.version_info[:3] + (psycopg.__version__,)))')
+curl_version=$(curl-config --version 2>/dev/null || echo "libcurl (version unknown)")
+
+report_machine_head http
+[[ -n ${BENCH_NOTE:-} ]] && out "| note | $BENCH_NOTE |"
+report_machine_server
+out "| relay | eo.relay_batch_size = $(sql1 'SHOW eo.relay_batch_size'), eo.http_max_concurrency = $(sql1 'SHOW eo.http_max_concurrency'), $curl_version, destination kind http, subscription bench.*, $( [[ $sign == 1 ]] && echo "signed (signing_secret)" || echo "unsigned") |"
+out "| receiver | $nginx_version, $nginx_workers worker process(es), 127.0.0.1:$http_port, POST /hook -> 200, keep-alive |"
+out "| clients | $py_version |"
+out "| messages | about 100 bytes of JSON each (bench_payload), no key, published in $n_txns transactions |"
+out "| load average at start | $(loadavg) (other work on the machine disturbs every rate) |"
+out ""
+
+rpid=""
+relay_worker() {            # rpid: the relay worker (it stays while disabled)
+    set_relay on
+    rpid=$(relay_pid) || die "no relay worker is running"
+}
+relay_worker
+set_relay off
+
+declare -A drain_rate drain_line
+# ============================================================ part 1
+if has_part 1; then
+    for c in $conc_list; do
+        echo "part 1: drain of $n_msgs messages, concurrency $c ..." >&2
+        dest="hook_c$c"
+        reset_tables
+        create_hook "$dest" "$c"
+        publish_backlog eo
+        mark=$(log_mark)
+        rc0=$(proc_cpu_ticks "$rpid"); nc0=$(nginx_cpu_ticks)
+        perf_start "drain-c$c" -p "$rpid"
+        stmts_reset
+        res=$(py drain --dsn "$dsn" --destination "$dest" --expect "$n_msgs") || die "the drain poller failed"
+        perf_stop
+        stmts_save "drain-c$c"
+        rc1=$(proc_cpu_ticks "$rpid"); nc1=$(nginx_cpu_ticks)
+        set_relay off
+        parse_kv D_ "$res"
+        [[ $D_done == 1 ]] || die "concurrency $c: not drained: $res (see $tmp/logs/server.log)"
+        attempts=$(sql1 "SELECT count(*) FROM eo.http_attempt")
+        log_since "$mark" "$tmp/run/access-drain-c$c.log"
+        analyze_log "$tmp/run/access-drain-c$c.log"
+        secs=$(elapsed "$D_t0" "$D_t_done")
+        r=$(rate "$n_msgs" "$secs")
+        last_s=$(elapsed "$D_t0" "$A_last")
+        first_ms=$(awk -v a="$D_t0" -v b="$A_first" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+        drain_rate[$c]=$r
+        drain_line[$c]="| $c | $n_msgs | ${publish_s} s | ${secs} s | **$r** | ${last_s} s | $(rate "$n_msgs" "$last_s") | $first_ms ms | $(lines_note) | $A_connections | $attempts | $(us_per $(( rc1 - rc0 )) "$n_msgs") | $(us_per $(( nc1 - nc0 )) "$n_msgs") |"
+        raw_rows+=("| 1 | drain, concurrency $c | $r msg/s | poller: $res; nginx: $ANALYSIS |")
+        printf '  concurrency %s: %s msg/s (drained in %s s; last request at %s s); nginx: %s\n' \
+            "$c" "$r" "$secs" "$last_s" "$(lines_note)" >&2
+        drop_hook "$dest"
+    done
+fi
+
+# ============================================================ part 3
+if has_part 3; then
+    echo "part 3: hand-written relay, $n_msgs messages ..." >&2
+    reset_tables
+    publish_backlog hand
+    mark=$(log_mark)
+    nc0=$(nginx_cpu_ticks)
+    res=$(py handwritten --dsn "$dsn" --url "$url" --batch "$hand_batch") || die "the hand-written relay failed"
+    nc1=$(nginx_cpu_ticks)
+    parse_kv H_ "$res"
+    [[ $H_sent == "$n_msgs" ]] || die "the hand-written relay sent $H_sent of $n_msgs"
+    log_since "$mark" "$tmp/run/access-hand.log"
+    analyze_log "$tmp/run/access-hand.log"
+    hand_rate=$(rate "$H_sent" "$H_seconds")
+    hand_cpu=$(awk -v c="$H_client_cpu" -v n="$n_msgs" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+    hand_bcpu=$(awk -v c="$H_backend_cpu" -v n="$n_msgs" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+    hand_line="| $hand_batch | $n_msgs | ${publish_s} s | ${H_seconds} s | **$hand_rate** | $(lines_note) | $A_connections | $hand_cpu | $hand_bcpu | $(us_per $(( nc1 - nc0 )) "$n_msgs") |"
+    raw_rows+=("| 3 | hand-written relay | $hand_rate msg/s | client: $res; nginx: $ANALYSIS |")
+    printf '  hand-written: %s msg/s (%s s); nginx: %s\n' "$hand_rate" "$H_seconds" "$(lines_note)" >&2
+fi
+
+# ============================================================ part 2
+if has_part 2; then
+    echo "part 2: latency at $lat_rate msg/s for ${lat_seconds}s ..." >&2
+    reset_tables
+    create_hook hook_lat
+    set_relay on
+    sleep 1
+    load_p2=$(loadavg)
+    mark=$(log_mark)
+    res=$(py publish-at --dsn "$dsn" --rate "$lat_rate" --seconds "$lat_seconds" --clients "$lat_clients" \
+        --out "$tmp/run/commits.tsv") || die "the publishing client failed"
+    parse_kv P_ "$res"
+    dres=$(py drain --dsn "$dsn" --destination hook_lat --expect "$P_sent" --timeout 120) ||
+        die "the drain poller failed"
+    parse_kv D_ "$dres"
+    [[ $D_done == 1 ]] || die "latency run: not delivered: $dres"
+    set_relay off
+    log_since "$mark" "$tmp/run/access-latency.log"
+    analyze_log "$tmp/run/access-latency.log" "$tmp/run/commits.tsv"
+    lat_line="| $lat_rate | ${lat_seconds} s | $P_rate | $P_late_p99_ms / $P_late_max_ms ms | $A_matched / $P_timed ($A_missing missing) | $(lines_note) | ${A_p50} | ${A_p99} | ${A_max} | ${A_min} |"
+    raw_rows+=("| 2 | latency at $lat_rate msg/s | p50 $A_p50 p99 $A_p99 max $A_max ms | client: $res; nginx: $ANALYSIS |")
+    printf '  commit -> request: p50 %s, p99 %s, max %s ms (%s matched)\n' "$A_p50" "$A_p99" "$A_max" "$A_matched" >&2
+    drop_hook hook_lat
+fi
+
+# ============================================================ report
+out "## Summary"
+out ""
+out "| # | measure | result | target | |"
+out "|---|---|---:|---:|---|"
+if has_part 1; then
+    for c in $conc_list; do
+        out "| 1 | drain of $n_msgs messages, concurrency $c: msg/s | ${drain_rate[$c]} | ≥ $target | $(verdict "${drain_rate[$c]}" "$target") |"
+    done
+fi
+if has_part 3; then
+    out "| 3 | hand-written relay (Python, sequential POSTs, 100 per transaction): msg/s | $hand_rate | | |"
+    if has_part 1; then
+        for c in $conc_list; do
+            out "| 1/3 | eo (concurrency $c) / hand-written | $(ratio "${drain_rate[$c]}" "$hand_rate")× | | |"
+        done
+    fi
+fi
+if has_part 2; then
+    out "| 2 | commit → request at $lat_rate msg/s: p50 / p99 / max | $A_p50 / $A_p99 / $A_max ms | | |"
+fi
+out ""
+out "Target: at least 20× the ~240 requests/s pg_net reports for its own local benchmark, i.e. ≥ $target msg/s."
+out ""
+
+if has_part 1; then
+    out "## 1. Drain: $n_msgs messages published with the relay disabled, then the relay enabled"
+    out ""
+    out "| concurrency | messages | published in | drained in (eo.stats) | msg/s | last request (nginx) after | msg/s (nginx) | first request after | nginx lines | connections | attempts recorded | relay CPU µs/msg | nginx CPU µs/msg |"
+    out "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    for c in $conc_list; do out "${drain_line[$c]}"; done
+    out ""
+    out "Times from ALTER SYSTEM SET eo.relay_enabled = on + pg_reload_conf(); drained: the first"
+    out "poll (every 50 ms) of eo.stats with pending = in_flight = retrying = 0 and"
+    out "delivered_total = $n_msgs. nginx's times have a resolution of 1 ms."
+    out ""
+fi
+if has_part 3; then
+    out "## 3. Hand-written relay (same nginx, same payloads, from a plain table)"
+    out ""
+    out "| rows per transaction | messages | inserted in | drained in | msg/s | nginx lines | connections | client CPU µs/msg | its backend CPU µs/msg | nginx CPU µs/msg |"
+    out "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    out "$hand_line"
+    out ""
+    out "BEGIN; SELECT id, payload FROM app_outbox ORDER BY id LIMIT $hand_batch FOR UPDATE SKIP"
+    out "LOCKED; one POST at a time on one keep-alive connection (http.client), the id as"
+    out "Idempotency-Key, payload re-serialised with json.dumps; DELETE ... WHERE id = ANY(...);"
+    out "COMMIT. Unsigned, and it holds its transaction (and row locks) open across the HTTP"
+    out "requests, which the relay never does."
+    out ""
+fi
+if has_part 2; then
+    out "## 2. Latency at a steady $lat_rate msg/s (one message per transaction, $lat_clients clients; concurrency 16)"
+    out ""
+    out "| rate | duration | achieved | publishes late by p99 / max | matched | nginx lines | commit → request p50 (ms) | p99 | max | min |"
+    out "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"
+    out "$lat_line"
+    out ""
+    out "Load average when part 2 started: $load_p2. commit: the time the client's COMMIT"
+    out "returned (autocommit SELECT eo.publish(...)); request: nginx's \$msec for the request"
+    out "with that webhook-id. \$msec has a resolution of 1 ms (truncated), so each latency is"
+    out "up to 1 ms below the true one. Negative values are real: the relay is woken when the"
+    out "commit is done, and may send the request before the client (on a busy machine) has"
+    out "seen the COMMIT return."
+    out ""
+fi
+report_end
+
+if [[ $result_file != /dev/null ]]; then
+    append_raw_runs "| part | run | result | details |" "|---|---|---|---|"
+    append_perf_reports http
+    echo "results written to $result_file" >&2
+fi
