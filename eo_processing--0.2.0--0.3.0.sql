@@ -27,6 +27,11 @@ ALTER TABLE eo.destination ADD COLUMN disabled_reason text;
 CREATE INDEX delivery_claim ON eo.delivery (destination_id, next_attempt_at, message_id)
     WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying']);
 
+-- When is the next retry due?  (The relay asks after every retry step; the
+-- older delivery_due index also holds every pending http delivery.)
+CREATE INDEX delivery_retrying ON eo.delivery (next_attempt_at)
+    WHERE state OPERATOR(pg_catalog.=) 'retrying';
+
 -- Every HTTP request the relay made, kept for eo.outbox_retention.
 CREATE TABLE eo.http_attempt (
     attempted_at   timestamptz NOT NULL,
