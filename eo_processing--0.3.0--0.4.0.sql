@@ -410,3 +410,287 @@ REVOKE ALL ON FUNCTION
     eo.purge_keys(bigint)
 FROM PUBLIC;
 
+----------------------------------------------------------------------
+-- Reconciliation
+----------------------------------------------------------------------
+-- eo.reconcile() compares two relations row by row on a key column: what
+-- a payment provider's settlement report holds against the payments of
+-- this database, say.  It runs with the caller's rights (the caller needs
+-- SELECT on both relations) and reads both with one query: one scan and a
+-- window count of the key per relation, one hash full join on the key.
+-- Duplicated keys never match, so that each row of a duplicated key comes
+-- out of the join once; the few rows that come out (missing, mismatched,
+-- duplicated) are then grouped by key.  A relation with a unique index on
+-- the key column alone cannot hold duplicates: its window count is left
+-- out.
+--
+-- Values are compared with the equality operator of their types: the one
+-- in the schema of the (base) type when it has its own there (citext,
+-- say), else the one PostgreSQL resolves in pg_catalog (integer against
+-- bigint, say).  Where there is none (json, or integer against text), the
+-- text forms are compared, byte by byte.  A NULL key matches nothing.
+
+CREATE TYPE eo.reconcile_problem AS (
+    key     text,       -- the key, as text
+    problem text,       -- missing_local, missing_remote, mismatch,
+                        -- duplicate_local or duplicate_remote
+    local   jsonb,      -- the local row (to_jsonb), or for duplicates an
+                        -- array of all rows of that key (NULL: none)
+    remote  jsonb       -- the same for the remote relation
+);
+COMMENT ON TYPE eo.reconcile_problem IS
+    'a row of eo.reconcile(): a key, what is wrong with it, and the rows of each side';
+
+CREATE FUNCTION eo.reconcile(local regclass, remote regclass, key_column text,
+                             compare_columns text[] DEFAULT NULL)
+RETURNS SETOF eo.reconcile_problem
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rels regclass[];
+    side text[] := ARRAY['local', 'remote'];
+    kind "char";
+    typename text;
+    rowtype text[] := ARRAY[NULL, NULL];
+    cols text[];            -- column names of one relation, in order
+    typs oid[];
+    l_cols text[];
+    r_cols text[];
+    l_types oid[];          -- their base types
+    r_types oid[];
+    unique_key boolean[] := ARRAY[false, false];
+    cmp text[] := '{}';     -- columns to compare
+    col text;
+    i integer;
+    li integer;
+    ri integer;
+    l_key integer;
+    r_key integer;
+    eq text;
+    key_eq text;            -- the join condition on the keys
+    key_as_text boolean := false;
+    distinct_exprs text[] := '{}';
+    distinct_sql text;
+    side_sql text[] := ARRAY[NULL, NULL];
+    q text;
+BEGIN
+    rels := ARRAY[$1, $2];
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION '% relation must not be null', CASE WHEN $1 IS NULL THEN 'local' ELSE 'remote' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION 'key column must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF array_position(compare_columns, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'compare columns must not contain null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    -- Both relations: their kind, row type and columns.
+    FOR s IN 1..2 LOOP
+        SELECT c.relkind, format_type(c.reltype, NULL) INTO kind, typename
+          FROM pg_class c WHERE c.oid = rels[s];
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '% relation with OID % does not exist', side[s], rels[s]::oid
+                USING ERRCODE = 'undefined_table';
+        END IF;
+        IF kind <> ALL (ARRAY['r', 'p', 'v', 'm', 'f']::"char"[]) THEN
+            RAISE EXCEPTION '% is not a table, view, materialized view or foreign table', rels[s]
+                USING ERRCODE = 'wrong_object_type';
+        END IF;
+        rowtype[s] := typename;
+        -- Column names in order, and the base type of each (domains
+        -- resolved).
+        WITH RECURSIVE att AS (
+            SELECT a.attnum, a.attname::text AS name, a.atttypid AS typ
+              FROM pg_attribute a
+             WHERE a.attrelid = rels[s] AND a.attnum > 0 AND NOT a.attisdropped
+        ), bt AS (
+            SELECT att.attnum, att.typ, t.typtype, t.typbasetype
+              FROM att JOIN pg_type t ON t.oid = att.typ
+            UNION ALL
+            SELECT bt.attnum, t.oid, t.typtype, t.typbasetype
+              FROM bt JOIN pg_type t ON t.oid = bt.typbasetype
+             WHERE bt.typtype = 'd'
+        )
+        SELECT array_agg(att.name ORDER BY att.attnum), array_agg(bt.typ ORDER BY att.attnum)
+          INTO cols, typs
+          FROM att JOIN bt ON bt.attnum = att.attnum AND bt.typtype <> 'd';
+        IF array_position(cols, key_column) IS NULL THEN
+            RAISE EXCEPTION 'column "%" of relation % does not exist', key_column, rels[s]
+                USING ERRCODE = 'undefined_column',
+                      DETAIL = format('"%s" is the key column; it must exist in both relations.', key_column);
+        END IF;
+        IF s = 1 THEN
+            l_cols := cols;
+            l_types := typs;
+        ELSE
+            r_cols := cols;
+            r_types := typs;
+        END IF;
+    END LOOP;
+    l_key := array_position(l_cols, key_column);
+    r_key := array_position(r_cols, key_column);
+
+    -- The columns to compare: those given, each present in both
+    -- relations, or by default every column of both but the key.
+    IF compare_columns IS NULL THEN
+        SELECT coalesce(array_agg(c ORDER BY n), '{}') INTO cmp
+          FROM unnest(l_cols) WITH ORDINALITY AS u(c, n)
+         WHERE c = ANY (r_cols) AND c <> key_column;
+    ELSE
+        FOREACH col IN ARRAY compare_columns LOOP
+            FOR s IN 1..2 LOOP
+                IF array_position(CASE s WHEN 1 THEN l_cols ELSE r_cols END, col) IS NULL THEN
+                    RAISE EXCEPTION 'column "%" of relation % does not exist', col, rels[s]
+                        USING ERRCODE = 'undefined_column',
+                              DETAIL = format('"%s" is in compare_columns; it must exist in both relations.', col);
+                END IF;
+            END LOOP;
+            IF col <> key_column AND array_position(cmp, col) IS NULL THEN
+                cmp := cmp || col;
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- A relation with a valid unique index on the key column alone (not
+    -- partial, checked immediately) holds no duplicate key.
+    FOR s IN 1..2 LOOP
+        unique_key[s] := EXISTS (
+            SELECT 1 FROM pg_index x
+             WHERE x.indrelid = rels[s] AND x.indisunique AND x.indisvalid AND x.indimmediate
+               AND x.indnkeyatts = 1 AND x.indpred IS NULL AND x.indexprs IS NULL
+               AND x.indkey[0] = (SELECT a.attnum FROM pg_attribute a
+                                   WHERE a.attrelid = rels[s] AND a.attname = key_column));
+    END LOOP;
+
+    -- The equality of two columns (base types lt and rt): an operator "="
+    -- of exactly these types in the schema of one of them (outside
+    -- pg_catalog), as OPERATOR(schema.=); NULL for the one PostgreSQL
+    -- resolves in pg_catalog.
+    -- Keys: try that first; if the query cannot be planned with it (no
+    -- such operator, not hashable, a collation conflict), use text forms.
+    SELECT format('OPERATOR(%I.=)', n.nspname) INTO eq
+      FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+     WHERE o.oprname = '=' AND o.oprleft = l_types[l_key] AND o.oprright = r_types[r_key]
+       AND o.oprresult = 'bool'::regtype AND n.nspname <> 'pg_catalog'
+       AND o.oprnamespace IN (SELECT t.typnamespace FROM pg_type t
+                               WHERE t.oid IN (l_types[l_key], r_types[r_key]))
+     ORDER BY o.oprnamespace = (SELECT t.typnamespace FROM pg_type t WHERE t.oid = l_types[l_key]) DESC
+     LIMIT 1;
+    FOR attempt IN 1..2 LOOP
+        key_eq := format('a.k %s b.k', coalesce(eq, '='));
+        FOR s IN 1..2 LOOP
+            cols := CASE s WHEN 1 THEN l_cols ELSE r_cols END;
+            i := CASE s WHEN 1 THEN l_key ELSE r_key END;
+            side_sql[s] := format('SELECT true AS p, %s AS k, %s AS n',
+                CASE WHEN key_as_text THEN format('(t.%I)::text COLLATE "C"', cols[i])
+                     ELSE format('t.%I', cols[i]) END,
+                CASE WHEN unique_key[s] AND NOT key_as_text THEN '1::bigint'
+                     WHEN key_as_text THEN format('count(*) OVER (PARTITION BY (t.%I)::text COLLATE "C")', cols[i])
+                     ELSE format('count(*) OVER (PARTITION BY t.%I)', cols[i]) END);
+            FOR j IN 1..array_length(cols, 1) LOOP
+                side_sql[s] := side_sql[s] || format(', t.%I AS c%s', cols[j], j);
+            END LOOP;
+            side_sql[s] := side_sql[s] || format(' FROM %s AS t', rels[s]);
+        END LOOP;
+        EXIT WHEN attempt = 2;
+        BEGIN
+            EXECUTE format('SELECT coalesce(a.k, b.k) FROM (%s) AS a FULL JOIN (%s) AS b ON %s AND a.n = 1 AND b.n = 1 LIMIT 0',
+                           side_sql[1], side_sql[2], key_eq);
+            EXIT;
+        EXCEPTION WHEN undefined_function OR datatype_mismatch OR feature_not_supported
+                       OR collation_mismatch OR indeterminate_collation THEN
+            key_as_text := true;
+            eq := NULL;
+        END;
+    END LOOP;
+
+    -- Compared columns: the same rule, column by column.
+    FOREACH col IN ARRAY cmp LOOP
+        li := array_position(l_cols, col);
+        ri := array_position(r_cols, col);
+        eq := NULL;
+        SELECT format('OPERATOR(%I.=)', n.nspname) INTO eq
+          FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+         WHERE o.oprname = '=' AND o.oprleft = l_types[li] AND o.oprright = r_types[ri]
+           AND o.oprresult = 'bool'::regtype AND n.nspname <> 'pg_catalog'
+           AND o.oprnamespace IN (SELECT t.typnamespace FROM pg_type t
+                                   WHERE t.oid IN (l_types[li], r_types[ri]))
+         ORDER BY o.oprnamespace = (SELECT t.typnamespace FROM pg_type t WHERE t.oid = l_types[li]) DESC
+         LIMIT 1;
+        IF eq IS NOT NULL THEN
+            -- IS DISTINCT FROM, spelt out for an explicit operator.
+            distinct_exprs := distinct_exprs || format(
+                '((a.c%1$s IS NULL) <> (b.c%2$s IS NULL) OR (a.c%1$s %3$s b.c%2$s) IS FALSE)', li, ri, eq);
+        ELSE
+            BEGIN
+                EXECUTE format('SELECT a.%1$I IS DISTINCT FROM b.%1$I FROM %2$s AS a, %3$s AS b LIMIT 0',
+                               col, rels[1], rels[2]);
+                distinct_exprs := distinct_exprs || format('(a.c%s IS DISTINCT FROM b.c%s)', li, ri);
+            EXCEPTION WHEN undefined_function OR datatype_mismatch
+                           OR collation_mismatch OR indeterminate_collation THEN
+                distinct_exprs := distinct_exprs || format(
+                    '((a.c%s)::text COLLATE "C" IS DISTINCT FROM (b.c%s)::text COLLATE "C")', li, ri);
+            END;
+        END IF;
+    END LOOP;
+    distinct_sql := coalesce(array_to_string(distinct_exprs, ' OR '), '');
+    IF distinct_sql = '' THEN
+        distinct_sql := 'false';
+    END IF;
+
+    -- The query.  c: the rows out of the join that show a problem; w:
+    -- with the largest count of their key on each side (0 for a NULL
+    -- key, which matches nothing and is reported row by row); d: the
+    -- duplicated keys, with all their rows.
+    q := format($q$
+        WITH c AS (
+            SELECT coalesce(a.k, b.k) AS k,
+                   a.p IS NOT NULL AS lp, b.p IS NOT NULL AS rp,
+                   coalesce(a.n, 0) AS ln, coalesce(b.n, 0) AS rn,
+                   CASE WHEN a.p THEN to_jsonb(ROW(%1$s)::%2$s) END AS lrow,
+                   CASE WHEN b.p THEN to_jsonb(ROW(%3$s)::%4$s) END AS rrow
+              FROM (%5$s) AS a
+              FULL JOIN (%6$s) AS b ON %7$s AND a.n = 1 AND b.n = 1
+             WHERE a.p IS NULL OR b.p IS NULL OR %8$s
+        ), w AS (
+            SELECT c.*,
+                   CASE WHEN c.k IS NULL THEN 0 ELSE max(c.ln) OVER (PARTITION BY c.k) END AS kl,
+                   CASE WHEN c.k IS NULL THEN 0 ELSE max(c.rn) OVER (PARTITION BY c.k) END AS kr
+              FROM c
+        ), d AS (
+            SELECT w.k, max(w.kl) AS kl, max(w.kr) AS kr,
+                   jsonb_agg(w.lrow ORDER BY w.lrow) FILTER (WHERE w.lp) AS lrows,
+                   jsonb_agg(w.rrow ORDER BY w.rrow) FILTER (WHERE w.rp) AS rrows
+              FROM w
+             WHERE w.kl > 1 OR w.kr > 1
+             GROUP BY w.k
+        )
+        SELECT x.key, x.problem, x.l, x.r FROM (
+            SELECT w.k::text AS key,
+                   CASE WHEN w.lp AND w.rp THEN 'mismatch'
+                        WHEN w.lp THEN 'missing_remote'
+                        ELSE 'missing_local' END AS problem,
+                   w.lrow AS l, w.rrow AS r
+              FROM w
+             WHERE w.kl <= 1 AND w.kr <= 1
+            UNION ALL
+            SELECT d.k::text, 'duplicate_local', d.lrows, d.rrows FROM d WHERE d.kl > 1
+            UNION ALL
+            SELECT d.k::text, 'duplicate_remote', d.lrows, d.rrows FROM d WHERE d.kr > 1
+        ) AS x
+        ORDER BY x.key COLLATE "C", x.problem, x.l, x.r
+        $q$,
+        (SELECT string_agg('a.c' || n, ', ' ORDER BY n) FROM generate_series(1, array_length(l_cols, 1)) AS n),
+        rowtype[1],
+        (SELECT string_agg('b.c' || n, ', ' ORDER BY n) FROM generate_series(1, array_length(r_cols, 1)) AS n),
+        rowtype[2],
+        side_sql[1], side_sql[2], key_eq, distinct_sql);
+    RETURN QUERY EXECUTE q;
+END $$;
+COMMENT ON FUNCTION eo.reconcile(regclass, regclass, text, text[]) IS
+    'compares two relations on a key column: keys missing on either side, mismatched rows, duplicated keys';
+
+REVOKE ALL ON FUNCTION eo.reconcile(regclass, regclass, text, text[]) FROM PUBLIC;
