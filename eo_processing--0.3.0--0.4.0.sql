@@ -200,32 +200,35 @@ BEGIN
     LOOP
         attempt := attempt OPERATOR(pg_catalog.+) 1;
         ts := pg_catalog.clock_timestamp();
-        -- A new key.  A concurrent transaction that inserted the same key
-        -- and has not ended makes this wait: for nothing if it commits,
-        -- for the key if it rolls back.
-        INSERT INTO eo.idempotency_key AS x
-               (fence, lease_expires_at, lease, created_at, updated_at, completed_at,
-                request_hash, key, scope, state, recovery_point, response)
-        VALUES (pg_catalog.nextval('eo.idempotency_fence_seq'::pg_catalog.regclass),
-                ts OPERATOR(pg_catalog.+) key_begin.lease, key_begin.lease,
-                pg_catalog.now(), pg_catalog.now(), NULL,
-                hash, key_begin.key, key_begin.scope, 'in_progress', 'started', NULL)
-        ON CONFLICT DO NOTHING
-        RETURNING x.fence INTO key_begin.fence;
-        IF FOUND THEN
-            key_begin.state := 'started';
-            key_begin.recovery_point := 'started';
-            RETURN;
-        END IF;
-
-        -- The key exists.  (Under REPEATABLE READ and SERIALIZABLE, a key
-        -- committed by a transaction this snapshot cannot see has already
-        -- raised a serialization failure in the INSERT.)
+        -- The key as last committed: reading it never waits, so a retry
+        -- that arrives while the holder's transaction is open is answered
+        -- at once.
         SELECT * INTO k
           FROM eo.idempotency_key AS x
          WHERE x.key OPERATOR(pg_catalog.=) key_begin.key
            AND x.scope OPERATOR(pg_catalog.=) key_begin.scope;
-        IF FOUND THEN
+        IF NOT FOUND THEN
+            -- A new key.  A concurrent transaction that inserted the same
+            -- key and has not ended makes this wait: for nothing if it
+            -- commits (the key is then read again), for the key if it
+            -- rolls back.  Under REPEATABLE READ and SERIALIZABLE a key
+            -- committed by a transaction this snapshot cannot see raises
+            -- a serialization failure here.
+            INSERT INTO eo.idempotency_key AS x
+                   (fence, lease_expires_at, lease, created_at, updated_at, completed_at,
+                    request_hash, key, scope, state, recovery_point, response)
+            VALUES (pg_catalog.nextval('eo.idempotency_fence_seq'::pg_catalog.regclass),
+                    ts OPERATOR(pg_catalog.+) key_begin.lease, key_begin.lease,
+                    pg_catalog.now(), pg_catalog.now(), NULL,
+                    hash, key_begin.key, key_begin.scope, 'in_progress', 'started', NULL)
+            ON CONFLICT DO NOTHING
+            RETURNING x.fence INTO key_begin.fence;
+            IF FOUND THEN
+                key_begin.state := 'started';
+                key_begin.recovery_point := 'started';
+                RETURN;
+            END IF;
+        ELSE
             IF k.request_hash OPERATOR(pg_catalog.<>) hash THEN
                 RAISE EXCEPTION 'idempotency key "%" was already used with a different request', key_begin.key
                     USING ERRCODE = 'IK001',
