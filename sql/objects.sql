@@ -14,8 +14,8 @@ SELECT p.oid::regprocedure AS function,
  WHERE p.pronamespace = 'eo'::regnamespace
  ORDER BY p.oid::regprocedure::text;
 
--- Only the two purge functions run with the owner's rights; they pin
--- search_path.
+-- Only the purge functions and the four idempotency key functions run
+-- with the owner's rights; they pin search_path.
 SELECT p.oid::regprocedure AS function, p.proconfig
   FROM pg_proc p
  WHERE p.pronamespace = 'eo'::regnamespace AND p.prosecdef
