@@ -51,7 +51,7 @@ class FakeGateway:
             self.decline_next -= 1
             raise ChargeDeclined("insufficient funds")
         charge = {"id": "ch_%d" % (len(self.ledger) + 1), "status": "succeeded",
-                  "amount": request["amount"], "idempotency_key": key}
+                  "amount": request["amount"], "payment_id": key}
         self.ledger[key] = charge
         return charge
 
@@ -205,28 +205,6 @@ def check_webhooks(c, conn, gw, k1):
          "a webhook ahead of its payment: 503, then applied when the gateway retries", (f, p, g))
 
 
-class RelayReceiver(http.server.BaseHTTPRequestHandler):
-    """Receives the relay's webhooks: verify, then eo.process + apply."""
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        srv = self.server
-        with srv.lock:
-            answer = payments.receive_webhook(srv.conn, srv.secret, self.headers, body,
-                                              "merchant", srv.apply)
-            srv.answers.append(answer.outcome)
-        out = json.dumps(answer.body).encode()
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-
 def check_relay(c, conninfo, conn, gw):
     """The relay's own signed webhooks, received like a merchant would."""
     can = one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") and \
@@ -238,10 +216,20 @@ def check_relay(c, conninfo, conn, gw):
     secret = standard_webhooks.new_secret()
     rconn = connect(conninfo)
     rconn.execute("CREATE TABLE merchant_events (payment_id text, topic text)")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RelayReceiver)
-    server.conn, server.secret, server.lock, server.answers = rconn, secret, threading.Lock(), []
-    server.apply = lambda cn, ev: cn.execute(
-        "INSERT INTO merchant_events VALUES (%s, %s)", (ev["payment_id"], ev["type"])) or True
+    lock, outcomes = threading.Lock(), []
+
+    def apply(cn, event):
+        cn.execute("INSERT INTO merchant_events VALUES (%s, %s)",
+                   (event["payment_id"], event["type"]))
+        return True
+
+    def receive(headers, body):             # one connection: one at a time
+        with lock:
+            answer = payments.receive_webhook(rconn, secret, headers, body, "merchant", apply)
+            outcomes.append(answer.outcome)
+        return answer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), payments.http_handler(receive))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     dest = SCHEMA + "_merchant"
     conn.execute("SELECT eo.create_destination(%s, 'http', %s)",
@@ -260,9 +248,9 @@ def check_relay(c, conninfo, conn, gw):
             if got >= len(keys):
                 break
             time.sleep(0.1)
-        c.ok(got == len(keys) and "bad_signature" not in server.answers,
+        c.ok(got == len(keys) and "bad_signature" not in outcomes,
              "the relay's webhooks: signatures verified, each payment.succeeded applied once",
-             (got, server.answers))
+             (got, outcomes))
     finally:
         conn.execute("SELECT eo.drop_destination(%s, force => true)", (dest,))
         server.shutdown()

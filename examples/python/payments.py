@@ -45,6 +45,9 @@ confirm_payment(conn, event)
     The effect of the gateway's charge.succeeded webhook: marks the payment
     confirmed and publishes payment.confirmed.
 
+http_handler(handle)
+    The HTTP side of a webhook endpoint, for http.server.
+
 The SQL objects are in SCHEMA; every function runs in the connection's
 search_path.  Connections must be in autocommit mode: each step opens its
 own transaction with conn.transaction().
@@ -53,6 +56,7 @@ own transaction with conn.transaction().
 import json
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -96,6 +100,8 @@ class Answer:
                             # webhooks: applied, duplicate, not_yet,
                             # bad_signature
     headers: dict = field(default_factory=dict)
+    key_state: str = None   # what eo.key_begin said: started, resumed,
+                            # completed, in_progress (None: not reached)
 
 
 class ChargeDeclined(Exception):
@@ -125,10 +131,12 @@ def _retry_later(seconds, outcome, message):
 def create_payment(conn, key, request, charge, lease="5 minutes"):
     """Handle POST /payments: request = {"account", "amount", "currency"}.
 
-    charge(key, request) calls the gateway and returns its charge as a
-    dict with at least "id" and "status"; it raises ChargeDeclined or
-    GatewayError.  Returns an Answer; other database errors propagate
-    (and leave the key to expire, as a crash would)."""
+    charge(key, request) calls the gateway with key as its idempotency key
+    (and as the payment's reference, which the gateway's webhooks carry
+    back as "payment_id") and returns the charge as a dict with at least
+    "id" and "status"; it raises ChargeDeclined or GatewayError.
+    Returns an Answer; other database errors propagate (and leave the key
+    to expire, as a crash would)."""
     # 1. Begin, or find, the key: its own transaction, committed at once, so
     #    that a concurrent retry sees it.
     try:
@@ -142,6 +150,13 @@ def create_payment(conn, key, request, charge, lease="5 minutes"):
             return Answer(422, {"error": "this idempotency key was used with another request"},
                           "mismatch")
         raise
+    answer = _handle_key(conn, key, request, charge, state, response, fence)
+    answer.key_state = state
+    return answer
+
+
+def _handle_key(conn, key, request, charge, state, response, fence):
+    """create_payment() after eo.key_begin answered state."""
     if state == "completed":
         return Answer(response["status"], response["body"], "replayed",
                       {"Idempotent-Replayed": "true"})
@@ -271,16 +286,41 @@ def confirm_payment(conn, event):
         "UPDATE payments SET confirmed_at = coalesce(confirmed_at, now())"
         " WHERE payment_id = %s AND charge_id = %s"
         " RETURNING account, amount, currency",
-        (charge["idempotency_key"], charge["id"])).fetchone()
+        (charge["payment_id"], charge["id"])).fetchone()
     if row is None:
         return False
     account, amount, currency = row
     seq = _next_event_seq(conn, account, 0)
     _publish(conn, "payment.confirmed", {
-        "type": "payment.confirmed", "payment_id": charge["idempotency_key"],
+        "type": "payment.confirmed", "payment_id": charge["payment_id"],
         "account": account, "amount": amount, "currency": currency,
         "charge_id": charge["id"], "seq": seq})
     return True
+
+
+def http_handler(handle):
+    """A request handler class for http.server whose POST requests are
+    answered by handle(headers, body) -> Answer, as JSON."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = handle(self.headers, body)
+            out = json.dumps(answer.body).encode()
+            self.send_response(answer.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
 
 
 def new_key():
