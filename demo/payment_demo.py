@@ -71,7 +71,8 @@ LEASE = "2 seconds"             # eo.key_begin lease: a crashed worker's key
 LOST_ANSWER_RATE = 0.12         # answers the client never gets
 CRASH_RATE = 0.03               # workers dying right after the gateway charged
 CLIENT_TIMEOUT = 0.8            # seconds a client waits for an answer
-CLIENT_PAUSE = 0.2              # before retrying after 409 / 502
+CLIENT_PAUSE = 0.2              # before retrying after 409 / 502 (sooner than
+                                # their Retry-After: 1, to keep the demo short)
 GATEWAY_TIMEOUT = 0.4           # the service's timeout for the gateway
 PAYMENT_DEADLINE = 30           # a client gives a payment up after this
 MERCHANT_FAULTS = {"fail_500": 0.10, "drop_after_apply": 0.05, "too_many": 0.05,
