@@ -79,7 +79,8 @@ eo_private_copy() {
 	dir=$(mktemp -d "${TMPDIR:-/tmp}/eo_processing.XXXXXX")
 	tar -C "$EO_ROOT" --exclude=.git --exclude='*.o' --exclude='*.so' \
 		--exclude='*.bc' --exclude=./.demo --exclude=./results \
-		--exclude='./tmp_check*' --exclude=./output_iso -cf - . | tar -C "$dir" -xf -
+		--exclude='./tmp_check*' --exclude=./output_iso \
+		--exclude=./examples/node/node_modules --exclude=__pycache__ -cf - . | tar -C "$dir" -xf -
 	if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$dir"; fi
 	chmod 755 "$dir"
 	echo "$dir"
