@@ -114,3 +114,5 @@ SELECT destination, enabled, disabled_reason FROM eo.stats WHERE destination = '
 
 SELECT eo.drop_destination('plain', force => true);
 SELECT eo.drop_destination('hooks');
+
+DROP EXTENSION eo_processing;

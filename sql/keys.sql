@@ -242,7 +242,7 @@ SELECT key, scope, recovery_point FROM eo.idempotency_key
 -- Retention: eo.purge_keys() deletes completed keys older than
 -- eo.key_retention (24 hours unless set), the oldest first
 ----------------------------------------------------------------------
-SELECT current_setting('eo.key_retention', true) IS NULL AS retention_unset;
+SELECT current_setting('eo.key_retention') AS retention;
 SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
        count(*) FILTER (WHERE state = 'in_progress') AS in_progress
   FROM eo.idempotency_key;

@@ -15,7 +15,10 @@ CREATE ROLE regress_eo_upgrade_app;
 GRANT USAGE ON SCHEMA eo TO regress_eo_upgrade_app;
 GRANT EXECUTE ON FUNCTION eo.process(text, text, interval) TO regress_eo_upgrade_app;
 
-ALTER EXTENSION eo_processing UPDATE;
+-- Walk the versions one at a time; after each step the data of the steps
+-- before survive and the new objects work.  The library is the newest
+-- throughout: it must work with the objects of every older version.
+ALTER EXTENSION eo_processing UPDATE TO '0.2.0';
 SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 
 -- The inbox's data survived, and the inbox works as before.
@@ -30,8 +33,7 @@ SET ROLE regress_eo_upgrade_app;
 SELECT eo.process('m-3') AS app_processes;
 RESET ROLE;
 
--- The new objects exist and work.
-\dx+ eo_processing
+-- The outbox of 0.2.0 works.
 SELECT eo.publish('upgraded', '{"ok": true}'::jsonb, 'k') AS id \gset
 SELECT eo.message(:'id') - 'id' - 'published_at' AS envelope;
 SELECT topic, key, payload FROM eo.outbox;
@@ -39,6 +41,28 @@ SELECT eo.create_destination('d', 'notify');
 SELECT eo.subscribe('upgraded', 'd');
 SELECT destination, pending, dead, delivered_total FROM eo.stats;
 SELECT count(*) AS relay_rows FROM eo.relay_status WHERE datname = current_database();
+
+-- 0.3.0: http destinations and owned results.  A result stored before has
+-- no owner and stays readable by the application role.
+ALTER EXTENSION eo_processing UPDATE TO '0.3.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+SELECT topic, key, payload FROM eo.outbox;
+SELECT name, kind FROM eo.destination;
+SELECT msg_id, result, result_owner FROM eo.inbox WHERE msg_id = 'm-1';
+GRANT EXECUTE ON FUNCTION eo.result(text, text) TO regress_eo_upgrade_app;
+SET ROLE regress_eo_upgrade_app;
+SELECT eo.result('m-1') AS old_result_readable;
+RESET ROLE;
+SELECT eo.create_destination('h', 'http', '{"url": "http://127.0.0.1:9/hook"}');
+SELECT destination, kind, enabled, disabled_reason FROM eo.stats ORDER BY destination;
+
+-- 0.4.0: idempotency keys and reconciliation.
+ALTER EXTENSION eo_processing UPDATE TO '0.4.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+SELECT count(*) AS inbox_rows, (SELECT count(*) FROM eo.outbox) AS queued,
+       (SELECT count(*) FROM eo.destination) AS destinations FROM eo.inbox;
+SELECT state, recovery_point, response FROM eo.key_begin('upgrade-key', '{"amount": 1}');
+\dx+ eo_processing
 
 -- Remember what the upgrade produced: every member object with its
 -- definition and privileges, and the tables pg_dump keeps.
@@ -97,6 +121,7 @@ CREATE EXTENSION eo_processing;
 SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 GRANT USAGE ON SCHEMA eo TO regress_eo_upgrade_app;
 GRANT EXECUTE ON FUNCTION eo.process(text, text, interval) TO regress_eo_upgrade_app;
+GRANT EXECUTE ON FUNCTION eo.result(text, text) TO regress_eo_upgrade_app;
 
 -- Same objects (none missing, none extra) ...
 (SELECT what FROM member_signature EXCEPT SELECT what FROM pg_temp.members())

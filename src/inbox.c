@@ -68,7 +68,7 @@ static const KeyedTableColumn inbox_columns[INBOX_NCOLUMNS] = {
 	{"consumer", TEXTOID},
 	{"msg_id", TEXTOID},
 	{"result", JSONBOID},
-	{"result_owner", REGROLEOID},
+	{"result_owner", REGROLEOID, true},	/* since 0.3.0 */
 };
 
 /*
@@ -78,12 +78,15 @@ static const KeyedTableColumn inbox_columns[INBOX_NCOLUMNS] = {
  *		(no result, or stored before version 0.3.0) are open.
  */
 static void
-check_result_access(TupleTableSlot *oldslot, text *msg_id, text *consumer,
+check_result_access(KeyedTable *kt, text *msg_id, text *consumer,
 					const char *action)
 {
 	bool		isnull;
-	Datum		owner = slot_getattr(oldslot, INBOX_RESULT_OWNER + 1, &isnull);
+	Datum		owner;
 
+	if (!kt_has_column(kt, INBOX_RESULT_OWNER))
+		return;
+	owner = slot_getattr(kt->oldslot, INBOX_RESULT_OWNER + 1, &isnull);
 	if (isnull || has_privs_of_role(GetUserId(), DatumGetObjectId(owner)))
 		return;
 	ereport(ERROR,
@@ -306,16 +309,19 @@ eo_set_result(PG_FUNCTION_ARGS)
 	}
 
 	oldslot = kt->oldslot;
-	check_result_access(oldslot, msg_id, consumer, "replace");
+	check_result_access(kt, msg_id, consumer, "replace");
 	slot_getallattrs(oldslot);
 	ExecClearTuple(newslot);
-	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * INBOX_NCOLUMNS);
-	memcpy(newslot->tts_isnull, oldslot->tts_isnull, sizeof(bool) * INBOX_NCOLUMNS);
+	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * kt->ncolumns);
+	memcpy(newslot->tts_isnull, oldslot->tts_isnull, sizeof(bool) * kt->ncolumns);
 	newslot->tts_isnull[INBOX_RESULT] = PG_ARGISNULL(1);
 	newslot->tts_values[INBOX_RESULT] = PG_ARGISNULL(1) ? (Datum) 0 :
 		PointerGetDatum(PG_GETARG_JSONB_P(1));
-	newslot->tts_isnull[INBOX_RESULT_OWNER] = PG_ARGISNULL(1);
-	newslot->tts_values[INBOX_RESULT_OWNER] = ObjectIdGetDatum(GetUserId());
+	if (kt_has_column(kt, INBOX_RESULT_OWNER))
+	{
+		newslot->tts_isnull[INBOX_RESULT_OWNER] = PG_ARGISNULL(1);
+		newslot->tts_values[INBOX_RESULT_OWNER] = ObjectIdGetDatum(GetUserId());
+	}
 	ExecStoreVirtualTuple(newslot);
 
 	kt_update(kt);
@@ -343,7 +349,7 @@ eo_result(PG_FUNCTION_ARGS)
 		bool		isnull;
 		Datum		value = slot_getattr(kt->oldslot, INBOX_RESULT + 1, &isnull);
 
-		check_result_access(kt->oldslot, msg_id, consumer, "read");
+		check_result_access(kt, msg_id, consumer, "read");
 		if (!isnull)
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(kt->callercxt);

@@ -59,19 +59,25 @@
 
 /*
  * check_layout
- *		Make sure the table has exactly the columns this library was built
- *		for, so a library/script version mismatch is a clear error rather
- *		than rows written into the wrong columns.  Cheap: it only reads the
- *		relcache entry.
+ *		Make sure the table has the columns this library was built for (or
+ *		all but trailing ones "added" later), so a library/script version
+ *		mismatch is a clear error rather than rows written into the wrong
+ *		columns.  Returns the number of columns the table has.  Cheap: it
+ *		only reads the relcache entry.
  */
-static void
+static int
 check_layout(Relation rel, const KeyedTableColumn *columns, int ncolumns)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
-	bool		ok = (rel->rd_rel->relkind == RELKIND_RELATION &&
-					  desc->natts == ncolumns);
+	int			required = ncolumns;
+	bool		ok;
 
-	for (int i = 0; ok && i < ncolumns; i++)
+	while (required > 0 && columns[required - 1].added)
+		required--;
+	ok = (rel->rd_rel->relkind == RELKIND_RELATION &&
+		  desc->natts >= required && desc->natts <= ncolumns);
+
+	for (int i = 0; ok && i < desc->natts; i++)
 	{
 		Form_pg_attribute attr = TupleDescAttr(desc, i);
 
@@ -86,6 +92,7 @@ check_layout(Relation rel, const KeyedTableColumn *columns, int ncolumns)
 				 errmsg("table \"%s.%s\" does not have the layout this eo_processing library expects",
 						EO_SCHEMA_NAME, RelationGetRelationName(rel)),
 				 errhint("Run ALTER EXTENSION eo_processing UPDATE, or install the library version that matches the extension.")));
+	return desc->natts;
 }
 
 /*
@@ -182,6 +189,7 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
 	EState	   *estate;
 	RangeTblEntry *rte;
 	KeyedTable *kt;
+	int			natts;
 
 	if (!ActiveSnapshotSet())
 		elog(ERROR, "eo_processing: no active snapshot");
@@ -190,7 +198,7 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
 
 	rel = open_eo_table(relname);
 	relid = RelationGetRelid(rel);
-	check_layout(rel, columns, ncolumns);
+	natts = check_layout(rel, columns, ncolumns);
 
 	estate = CreateExecutorState();
 	MemoryContextSwitchTo(estate->es_query_cxt);
@@ -202,6 +210,7 @@ kt_open(const char *relname, const KeyedTableColumn *columns, int ncolumns,
 	kt->rel = rel;
 	kt->estate = estate;
 	kt->callercxt = callercxt;
+	kt->ncolumns = natts;
 	/*
 	 * A one-entry range table, as the executor would build: index insertion
 	 * after an update asks it which columns changed (none of the key

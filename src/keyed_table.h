@@ -32,13 +32,22 @@ typedef struct KeyedTable
 	TupleTableSlot *newslot;
 	TupleTableSlot *oldslot;
 	MemoryContext callercxt;	/* context current at kt_open() */
+	int			ncolumns;		/* columns the table has (see "added") */
 } KeyedTable;
 
-/* Expected layout of a table, checked at every open. */
+#define kt_has_column(kt, index) ((index) < (kt)->ncolumns)
+
+/*
+ * Expected layout of a table, checked at every open.  Trailing columns
+ * marked "added" appeared in a later version of the SQL objects: the table
+ * may lack them (until ALTER EXTENSION ... UPDATE), and callers check
+ * kt_has_column() before touching them.
+ */
 typedef struct KeyedTableColumn
 {
 	const char *name;
 	Oid			type;
+	bool		added;
 } KeyedTableColumn;
 
 extern KeyedTable *kt_open(const char *relname,
