@@ -82,6 +82,8 @@ static SPIPlanPtr plan_attempts = NULL;
 static SPIPlanPtr plan_disable = NULL;
 static SPIPlanPtr plan_stats = NULL;
 
+static int	collect_finished(void);
+
 /* The request a list node belongs to. */
 static inline HttpRequest *
 request_of(dlist_node *node)
@@ -608,7 +610,9 @@ eo_http_step(void)
  *		After the http step's transaction: if it committed, forget the
  *		recorded requests and start the claimed ones; if it was rolled
  *		back, keep the outcomes for the next step and drop the claimed
- *		requests (their deliveries were never marked in flight).
+ *		requests (their deliveries were never marked in flight).  Requests
+ *		that could not be sent, or finished at once, are left in
+ *		"finished": eo_http_work_waiting() is then true.
  */
 void
 eo_http_step_done(bool committed)
@@ -647,6 +651,8 @@ eo_http_step_done(bool committed)
 		}
 	}
 	(void) curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	/* A fast receiver may have answered already: no socket will say so. */
+	(void) collect_finished();
 }
 
 /*

@@ -1274,6 +1274,13 @@ eo_relay_worker_main(Datum main_arg)
 				consecutive_errors = 0;
 				if (batch_limit < eo_relay_batch_size)
 					batch_limit = Min(batch_limit * 2, eo_relay_batch_size);
+
+				/*
+				 * Webhooks that finished without the wait below noticing
+				 * (not sendable, or answered at once): record them now.
+				 */
+				if (eo_http_work_waiting())
+					more = true;
 			}
 			else
 			{
