@@ -98,6 +98,11 @@ my ($rc, $out) = run_example($python, "$root/examples/python/payment_flow.py",
 	'dbname=postgres');
 is($rc, 0, 'payment_flow.py runs again, with a connection string argument');
 
+# In CI the node example must run: a failed npm ci is a failure there.
+ok(-d "$root/examples/node/node_modules/pg",
+	'examples/node has its dependencies (npm ci ran)')
+  if $ENV{CI};
+
 SKIP:
 {
 	skip 'examples/node has no node_modules (scripts/test runs npm ci there)',
