@@ -80,7 +80,6 @@ static SPIPlanPtr plan_reset = NULL;
 static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_attempts = NULL;
 static SPIPlanPtr plan_disable = NULL;
-static SPIPlanPtr plan_stats = NULL;
 
 static int	collect_finished(void);
 
@@ -203,36 +202,13 @@ http_init(void)
 	on_proc_exit(http_cleanup, (Datum) 0);
 }
 
-/* Prepare and keep a plan (the statement text is a constant). */
-static SPIPlanPtr
-prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "eo_processing relay: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
-
 /* Forget saved plans (after an error they may refer to dropped objects). */
 void
 eo_http_forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_reset, &plan_claim, &plan_attempts, &plan_disable,
-	&plan_stats};
+	SPIPlanPtr *plans[] = {&plan_reset, &plan_claim, &plan_attempts, &plan_disable};
 
-	for (int i = 0; i < lengthof(plans); i++)
-	{
-		if (*plans[i] != NULL)
-			SPI_freeplan(*plans[i]);
-		*plans[i] = NULL;
-	}
+	eo_relay_free_plans(plans, lengthof(plans));
 }
 
 /* Requests of a destination that are in flight. */
@@ -436,7 +412,7 @@ record_outcomes(List *dests)
 		Datum		values[8] = {ARR(o.a_time), ARR(o.a_dest), ARR(o.a_msg), ARR(o.a_attempt),
 		ARR(o.a_status), ARR(o.a_error), ARR(o.a_latency), ARR(o.a_body)};
 
-		prepare(&plan_attempts,
+		eo_relay_prepare(&plan_attempts,
 				"INSERT INTO eo.http_attempt (attempted_at, destination_id, message_id, attempt,"
 				"                             status_code, error, latency_ms, response_body)"
 				" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -471,7 +447,7 @@ record_outcomes(List *dests)
 		Oid			types[1] = {INT4ARRAYOID};
 		Datum		values[1] = {ARR(o.gone)};
 
-		prepare(&plan_disable,
+		eo_relay_prepare(&plan_disable,
 				"UPDATE eo.destination SET enabled = false,"
 				"       disabled_reason = 'the receiver answered 410 Gone; eo.alter_destination() enables it again'"
 				" WHERE id = ANY ($1) AND enabled",
@@ -481,22 +457,7 @@ record_outcomes(List *dests)
 			ereport(LOG,
 					(errmsg("eo_processing relay: disabled an http destination that answered 410 Gone")));
 	}
-	{
-		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
-		Datum		values[3] = {ARR(o.s_dest), ARR(o.s_count), ARR(o.s_error)};
-
-		prepare(&plan_stats,
-				"UPDATE eo.destination_stats s"
-				"   SET delivered_total = s.delivered_total + t.n,"
-				"       last_success_at = CASE WHEN t.n > 0 THEN now() ELSE s.last_success_at END,"
-				"       last_error = coalesce(t.err, s.last_error),"
-				"       last_error_at = CASE WHEN t.err IS NOT NULL THEN now() ELSE s.last_error_at END"
-				"  FROM unnest($1, $2, $3) AS t(id, n, err)"
-				" WHERE s.destination_id = t.id",
-				3, types);
-		run_plan(plan_stats, values, SPI_OK_UPDATE, "update destination statistics");
-	}
-	eo_relay_count_delivered(total);
+	eo_relay_update_stats(ARR(o.s_dest), ARR(o.s_count), ARR(o.s_error), total);
 }
 
 /*
@@ -513,7 +474,7 @@ claim(const DestinationConfig *dest, int limit)
 	SPITupleTable *rows;
 	uint64		n;
 
-	prepare(&plan_claim,
+	eo_relay_prepare(&plan_claim,
 			"WITH c AS ("
 			"  SELECT x.destination_id, x.message_id FROM eo.delivery x"
 			"   WHERE x.destination_id = $1"
@@ -579,7 +540,7 @@ eo_http_step(void)
 	if (!in_flight_reset)
 	{
 		/* What a previous worker had in flight is sent again. */
-		prepare(&plan_reset,
+		eo_relay_prepare(&plan_reset,
 				"UPDATE eo.delivery d SET state = 'retrying', next_attempt_at = now(),"
 				"       last_error = 'the relay stopped while the request was in flight'"
 				"  FROM eo.destination t"

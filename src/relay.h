@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "storage/lwlock.h"
 #include "utils/guc.h"
 
@@ -95,6 +96,10 @@ extern int	eo_key_retention_secs;
 extern void eo_relay_register_launcher(void);
 extern PGDLLEXPORT void eo_relay_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void eo_relay_worker_main(Datum main_arg);
+extern SPIPlanPtr eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs,
+								   Oid *argtypes);
+extern void eo_relay_free_plans(SPIPlanPtr **plans, int nplans);
+extern void eo_relay_update_stats(Datum ids, Datum counts, Datum errors, int64 total);
 
 /* database_guard.c */
 extern void eo_database_guard_install(void);

@@ -132,9 +132,13 @@ set_state(RelayState state)
 		my_slot->state = state;
 }
 
-/* Prepare and keep a plan; the statement text is a constant. */
-static SPIPlanPtr
-prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+/*
+ * eo_relay_prepare
+ *		Prepare and keep a plan of the relay (the statement text is a
+ *		constant); *plan caches it until eo_relay_free_plans().
+ */
+SPIPlanPtr
+eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*plan == NULL)
 	{
@@ -147,6 +151,18 @@ prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 		*plan = p;
 	}
 	return *plan;
+}
+
+/* Free kept plans (after an error they may refer to dropped objects). */
+void
+eo_relay_free_plans(SPIPlanPtr **plans, int nplans)
+{
+	for (int i = 0; i < nplans; i++)
+	{
+		if (*plans[i] != NULL)
+			SPI_freeplan(*plans[i]);
+		*plans[i] = NULL;
+	}
 }
 
 static void
@@ -257,7 +273,7 @@ load_destinations(MemoryContext cxt)
 	List	   *dests = NIL;
 	MemoryContext spicxt;
 
-	prepare(&plan_dests,
+	eo_relay_prepare(&plan_dests,
 			"SELECT id, name, kind, options, enabled FROM eo.destination ORDER BY id",
 			0, NULL);
 	/* not read-only: a fresh snapshot, newer than the claim's */
@@ -311,7 +327,7 @@ load_routes(List **dests, MemoryContext cxt)
 	MemoryContext spicxt;
 
 	*dests = load_destinations(cxt);
-	prepare(&plan_routes,
+	eo_relay_prepare(&plan_routes,
 			"SELECT topic, destination_id FROM eo.subscription ORDER BY destination_id, topic",
 			0, NULL);
 	if (SPI_execute_plan(plan_routes, NULL, NULL, false, 0) != SPI_OK_SELECT)
@@ -387,14 +403,6 @@ eo_relay_current_destinations(void)
 	return cached_dests;
 }
 
-/* Count deliveries in the slot (shown in eo.relay_status). */
-void
-eo_relay_count_delivered(int64 n)
-{
-	if (my_slot != NULL)
-		my_slot->delivered += n;
-}
-
 /* Does a route's pattern match a topic? */
 static bool
 route_matches(const Route *r, const char *topic)
@@ -425,7 +433,7 @@ blocked_keys_load(void)
 	h = hash_create("eo_processing blocked keys", 64, &ctl,
 					HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	prepare(&plan_blocked,
+	eo_relay_prepare(&plan_blocked,
 			"SELECT destination_id, key FROM eo.delivery"
 			" WHERE key IS NOT NULL AND state <> 'dead' GROUP BY 1, 2",
 			0, NULL);
@@ -455,6 +463,33 @@ blocked_key(HTAB *h, int32 dest, const char *key, bool add)
 	snprintf(k.name, sizeof(k.name), "%d/%s", dest, key);
 	(void) hash_search(h, &k, add ? HASH_ENTER : HASH_FIND, &found);
 	return found;
+}
+
+/*
+ * eo_relay_update_stats
+ *		Add delivered counts and last errors to eo.destination_stats:
+ *		parallel arrays of destination ids (int4[]), counts (int8[]) and
+ *		errors (text[], NULL for none); "total" goes to eo.relay_status.
+ */
+void
+eo_relay_update_stats(Datum ids, Datum counts, Datum errors, int64 total)
+{
+	Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
+	Datum		values[3] = {ids, counts, errors};
+
+	eo_relay_prepare(&plan_stats,
+					 "UPDATE eo.destination_stats s"
+					 "   SET delivered_total = s.delivered_total + t.n,"
+					 "       last_success_at = CASE WHEN t.n > 0 THEN now() ELSE s.last_success_at END,"
+					 "       last_error = coalesce(t.err, s.last_error),"
+					 "       last_error_at = CASE WHEN t.err IS NOT NULL THEN now() ELSE s.last_error_at END"
+					 "  FROM unnest($1, $2, $3) AS t(id, n, err)"
+					 " WHERE s.destination_id = t.id",
+					 3, types);
+	if (SPI_execute_plan(plan_stats, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "eo_processing relay: could not update destination statistics");
+	if (my_slot != NULL)
+		my_slot->delivered += total;
 }
 
 /* Add delivered counts (and errors) to eo.destination_stats. */
@@ -487,24 +522,7 @@ record_stats(List *dests, int64 *delivered, const char **errors)
 	if (n == 0)
 		return;
 
-	{
-		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
-		Datum		values[3] = {array_of(ids), array_of(counts), array_of(errs)};
-
-		prepare(&plan_stats,
-				"UPDATE eo.destination_stats s"
-				"   SET delivered_total = s.delivered_total + t.n,"
-				"       last_success_at = CASE WHEN t.n > 0 THEN now() ELSE s.last_success_at END,"
-				"       last_error = coalesce(t.err, s.last_error),"
-				"       last_error_at = CASE WHEN t.err IS NOT NULL THEN now() ELSE s.last_error_at END"
-				"  FROM unnest($1, $2, $3) AS t(id, n, err)"
-				" WHERE s.destination_id = t.id",
-				3, types);
-		if (SPI_execute_plan(plan_stats, values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "eo_processing relay: could not update destination statistics");
-	}
-	if (my_slot != NULL)
-		my_slot->delivered += total;
+	eo_relay_update_stats(array_of(ids), array_of(counts), array_of(errs), total);
 }
 
 /* Index of a destination in the list (for the per-destination counters). */
@@ -549,7 +567,7 @@ route_batch(int limit)
 	/* Says whether this batch held any: not a previous batch's answer. */
 	deliveries_added = false;
 	claim_args[0] = Int32GetDatum(limit);
-	prepare(&plan_claim,
+	eo_relay_prepare(&plan_claim,
 			"SELECT id, published_at, topic, key, headers, payload, payload_text"
 			"  FROM eo.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
 			1, claim_types);
@@ -649,7 +667,7 @@ route_batch(int limit)
 		Oid			types[2] = {UUIDARRAYOID, INT4ARRAYOID};
 		Datum		values[2] = {array_of(moved_ids), array_of(moved_routes)};
 
-		prepare(&plan_move,
+		eo_relay_prepare(&plan_move,
 				"WITH m AS (DELETE FROM eo.outbox o WHERE o.id = ANY ($1) RETURNING o.*)"
 				" INSERT INTO eo.message_log"
 				"   (id, published_at, topic, key, headers, payload, payload_text, routed_at, destinations)"
@@ -673,7 +691,7 @@ route_batch(int limit)
 			array_of(held.keys), array_of(held.states), array_of(held.attempts),
 		array_of(held.next_at), array_of(held.errors)};
 
-		prepare(&plan_hold,
+		eo_relay_prepare(&plan_hold,
 				"INSERT INTO eo.delivery (destination_id, message_id, key, state, attempts,"
 				"                         next_attempt_at, created_at, last_attempt_at, last_error)"
 				" SELECT t.d, t.m, t.k, t.s, t.a, t.n, now(),"
@@ -710,7 +728,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	due_args[0] = Int32GetDatum(limit);
-	prepare(&plan_due,
+	eo_relay_prepare(&plan_due,
 			"SELECT d.destination_id, d.attempts,"
 			"       m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text"
 			"  FROM eo.delivery d"
@@ -779,7 +797,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 			Oid			types[2] = {INT4ARRAYOID, UUIDARRAYOID};
 			Datum		values[2] = {array_of(done.dest_ids), array_of(done.msg_ids)};
 
-			prepare(&plan_done,
+			eo_relay_prepare(&plan_done,
 					"DELETE FROM eo.delivery d USING unnest($1, $2) AS t(dest, msg)"
 					" WHERE d.destination_id = t.dest AND d.message_id = t.msg",
 					2, types);
@@ -794,7 +812,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 				array_of(failed.states), array_of(failed.attempts),
 			array_of(failed.next_at), array_of(failed.errors)};
 
-			prepare(&plan_failed,
+			eo_relay_prepare(&plan_failed,
 					"UPDATE eo.delivery d SET state = t.s, attempts = t.a, next_attempt_at = t.n,"
 					"       last_attempt_at = now(), last_error = t.e"
 					"  FROM unnest($1, $2, $3, $4, $5, $6) AS t(dest, msg, s, a, n, e)"
@@ -807,7 +825,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 	}
 
 	/* When is the next retry due? */
-	prepare(&plan_next_retry,
+	eo_relay_prepare(&plan_next_retry,
 			"SELECT min(next_attempt_at) FROM eo.delivery WHERE state = 'retrying'",
 			0, NULL);
 	if (SPI_execute_plan(plan_next_retry, NULL, NULL, true, 1) == SPI_OK_SELECT &&
@@ -1038,12 +1056,7 @@ forget_plans(void)
 		&plan_hold, &plan_stats, &plan_due, &plan_done, &plan_failed,
 		&plan_next_retry};
 
-	for (int i = 0; i < lengthof(plans); i++)
-	{
-		if (*plans[i] != NULL)
-			SPI_freeplan(*plans[i]);
-		*plans[i] = NULL;
-	}
+	eo_relay_free_plans(plans, lengthof(plans));
 	eo_http_forget_plans();
 	config_loaded = false;
 }

@@ -46,7 +46,9 @@
 #   BENCH_LATENCY_RATE=500        messages/s of part 2
 #   BENCH_LATENCY_SECONDS=20      duration of part 2
 #   BENCH_LATENCY_CLIENTS=4       publishing connections of part 2
-#   BENCH_PARTS="1 2 3"           which parts to run
+#   BENCH_PARTS="1 2 3 4"         which parts to run
+#   BENCH_SLOW_MESSAGES=2000      part 4: messages to the slow receiver
+#   BENCH_SLOW_MS=5               part 4: its answer delay (nginx echo module)
 #   BENCH_NGINX_WORKERS=1         nginx worker processes
 #   BENCH_SYNC_COMMIT=off         run with synchronous_commit=off; default:
 #                                 the server default (on)
@@ -81,7 +83,9 @@ hand_batch=${BENCH_HAND_BATCH:-100}
 lat_rate=${BENCH_LATENCY_RATE:-500}
 lat_seconds=${BENCH_LATENCY_SECONDS:-20}
 lat_clients=${BENCH_LATENCY_CLIENTS:-4}
-parts=${BENCH_PARTS:-"1 2 3"}
+parts=${BENCH_PARTS:-"1 2 3 4"}
+slow_msgs=${BENCH_SLOW_MESSAGES:-2000}
+slow_ms=${BENCH_SLOW_MS:-5}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
 sync_commit=${BENCH_SYNC_COMMIT:-}
 do_perf=${BENCH_PERF:-0}
@@ -91,7 +95,7 @@ pg_config=$(default_pg_config)
 seconds=$lat_seconds            # (check_sync_commit's warmup; unused here)
 target=4800                     # msg/s: 20 x pg_net's ~240 requests/s
 
-for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers; do
+for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers slow_msgs slow_ms; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
 done
 for c in $conc_list; do
@@ -100,7 +104,7 @@ for c in $conc_list; do
     fi
 done
 for p in $parts; do
-    [[ $p =~ ^[1-3]$ ]] || die "BENCH_PARTS must be a list of 1, 2, 3"
+    [[ $p =~ ^[1-4]$ ]] || die "BENCH_PARTS must be a list of 1, 2, 3, 4"
 done
 (( n_msgs % n_txns == 0 )) || die "BENCH_HTTP_MESSAGES must be a multiple of BENCH_HTTP_TRANSACTIONS"
 check_sync_commit
@@ -139,11 +143,23 @@ install_nginx() {
     done
     die "neither nginx nor nginx-light is known to apt (apt-get update?)"
 }
+# Part 4's slow receiver answers after a delay: nginx's echo module.
+echo_module=/usr/lib/nginx/modules/ngx_http_echo_module.so
+install_echo_module() {
+    [[ -f $echo_module ]] && return 0
+    (( EUID == 0 )) || die "part 4 needs nginx's echo module: apt-get install libnginx-mod-http-echo (or BENCH_PARTS without 4)"
+    echo "installing Debian's libnginx-mod-http-echo (for part 4) ..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        libnginx-mod-http-echo >/dev/null || die "could not install libnginx-mod-http-echo"
+}
 find_nginx
 if [[ -z $nginx_bin ]]; then
     install_nginx
     find_nginx
     [[ -n $nginx_bin ]] || die "nginx not found after installing it"
+fi
+if [[ " $parts " == *" 4 "* ]]; then
+    install_echo_module
 fi
 
 # ------------------------------------------------------- who runs the server
@@ -163,6 +179,7 @@ prepare_tmp "run nginx nginx/tmp" http_setup.sql http_reset.sql http_bench.py ou
 # 100 ms at the latest; $msec is the time of the request, not of the write).
 nginx_conf() {
     local ng=$tmp/nginx
+    [[ " $parts " == *" 4 "* ]] && echo "load_module $echo_module;"
     cat <<EOF
 # http_bench.sh: the webhook receiver
 worker_processes $nginx_workers;
@@ -189,10 +206,20 @@ http {
             if (\$request_method != POST) { return 405; }
             return 200 "ok\n";
         }
+$(slow_location)
         location / { return 404; }
     }
 }
 EOF
+}
+# slow_location: part 4's receiver, answering after slow_ms.
+slow_location() {
+    [[ " $parts " == *" 4 "* ]] || return 0
+    local secs
+    secs=$(awk -v ms="$slow_ms" 'BEGIN { printf "%.3f", ms / 1000 }')
+    printf '        location = /slow {\n'
+    printf '            access_log %s hook buffer=64k flush=100ms;\n' "$tmp/nginx/access.log"
+    printf '            echo_read_request_body;\n            echo_sleep %s;\n            echo ok;\n        }\n' "$secs"
 }
 # start_nginx: starts our nginx as the server user and waits until it
 # answers; sets nginx_pid (the master) and nginx_version.
@@ -438,6 +465,41 @@ if has_part 2; then
     drop_hook hook_lat
 fi
 
+# ============================================================ part 4
+# The same drain against a receiver that answers after slow_ms: what a
+# relay that sends one request at a time loses to network latency.
+if has_part 4; then
+    echo "part 4: $slow_msgs messages to a receiver answering after $slow_ms ms ..." >&2
+    saved_n=$n_msgs; n_msgs=$slow_msgs; saved_url=$url
+    url="http://127.0.0.1:$http_port/slow"
+    reset_tables
+    create_hook hook_slow
+    publish_backlog eo
+    mark=$(log_mark)
+    res=$(py drain --dsn "$dsn" --destination hook_slow --expect "$n_msgs" --timeout 600) || die "the drain poller failed"
+    set_relay off
+    parse_kv D_ "$res"
+    [[ $D_done == 1 ]] || die "part 4: not drained: $res"
+    log_since "$mark" "$tmp/run/access-slow-eo.log"
+    analyze_log "$tmp/run/access-slow-eo.log"
+    slow_eo_rate=$(rate "$n_msgs" "$(elapsed "$D_t0" "$D_t_done")")
+    slow_eo_lines=$(lines_note)
+    drop_hook hook_slow
+    reset_tables
+    publish_backlog hand
+    mark=$(log_mark)
+    res=$(py handwritten --dsn "$dsn" --url "$url" --batch "$hand_batch") || die "the hand-written relay failed"
+    parse_kv H_ "$res"
+    [[ $H_sent == "$n_msgs" ]] || die "the hand-written relay sent $H_sent of $n_msgs"
+    log_since "$mark" "$tmp/run/access-slow-hand.log"
+    analyze_log "$tmp/run/access-slow-hand.log"
+    slow_hand_rate=$(rate "$H_sent" "$H_seconds")
+    slow_hand_lines=$(lines_note)
+    n_msgs=$saved_n; url=$saved_url
+    raw_rows+=("| 4 | slow receiver ($slow_ms ms) | eo $slow_eo_rate msg/s, hand-written $slow_hand_rate msg/s | eo: $slow_eo_lines; hand: $slow_hand_lines |")
+    printf '  slow receiver: eo %s msg/s, hand-written %s msg/s\n' "$slow_eo_rate" "$slow_hand_rate" >&2
+fi
+
 # ============================================================ report
 out "## Summary"
 out ""
@@ -458,6 +520,9 @@ if has_part 3; then
 fi
 if has_part 2; then
     out "| 2 | commit → request at $lat_rate msg/s: p50 / p99 / max | $A_p50 / $A_p99 / $A_max ms | | |"
+fi
+if has_part 4; then
+    out "| 4 | receiver answering after $slow_ms ms, $slow_msgs messages: eo (concurrency 16) / hand-written | $slow_eo_rate / $slow_hand_rate msg/s = $(ratio "$slow_eo_rate" "$slow_hand_rate")× | | |"
 fi
 out ""
 out "Target: at least 20× the ~240 requests/s pg_net reports for its own local benchmark, i.e. ≥ $target msg/s."
@@ -502,6 +567,19 @@ if has_part 2; then
     out "up to 1 ms below the true one. Negative values are real: the relay is woken when the"
     out "commit is done, and may send the request before the client (on a busy machine) has"
     out "seen the COMMIT return."
+    out ""
+fi
+if has_part 4; then
+    out "## 4. A receiver that answers after $slow_ms ms"
+    out ""
+    out "| relay | messages | msg/s | nginx lines |"
+    out "|---|---:|---:|---|"
+    out "| eo, concurrency 16 (the default) | $slow_msgs | **$slow_eo_rate** | $slow_eo_lines |"
+    out "| hand-written (as in part 3) | $slow_msgs | **$slow_hand_rate** | $slow_hand_lines |"
+    out ""
+    out "nginx's echo module delays each answer by $slow_ms ms (echo_sleep), as a receiver"
+    out "across a network would. The hand-written loop waits for each answer before the"
+    out "next request; the relay keeps 16 in flight."
     out ""
 fi
 report_end
