@@ -11,8 +11,11 @@ Usage:
                       [--port-file PATH] [--seed N] [--log PATH]
                       [--tolerance SECONDS] [--idle-timeout SECONDS]
                       [--keep-requests N] [--verbose]
+                      [--tls-cert PEM --tls-key PEM [--tls-port-file PATH]]
 
-  --port 0 picks a free port.  Once listening it writes the port to
+  --port 0 picks a free port.  With --tls-cert, webhooks are also served
+  over TLS on a second port of its own choosing (written to
+  --tls-port-file before --port-file), sharing everything else.  Once listening it writes the port to
   --port-file (tmp file + rename) and prints exactly one line to stdout:
   "listening on 127.0.0.1:<port>".  It serves until SIGTERM / SIGINT or
   POST /_shutdown, then exits 0.
@@ -840,6 +843,10 @@ def main(argv=None):
                     help="requests kept for /_requests (0 = unlimited)")
     ap.add_argument("--verbose", action="store_true",
                     help="log every request to stderr")
+    ap.add_argument("--tls-cert", help="also serve webhooks over TLS with this "
+                    "certificate (PEM); the control endpoints stay on --port")
+    ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    ap.add_argument("--tls-port-file", help="write the TLS listener's port here")
     a = ap.parse_args(argv)
 
     if a.host != HOST:
@@ -867,6 +874,25 @@ def main(argv=None):
                          % (HOST, a.port, e))
         return 1
     port = server.server_address[1]
+
+    # An optional second listener speaking TLS, sharing the same state.
+    tls_server = None
+    if a.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        try:
+            tls_server = Server((HOST, 0), Handler, state, keys, a.tolerance,
+                                log_file, stop, a.verbose)
+        except OSError as e:
+            sys.stderr.write("webhook_receiver: cannot listen for TLS: %s\n" % e)
+            return 1
+        tls_server.socket = ctx.wrap_socket(tls_server.socket, server_side=True)
+        threading.Thread(target=tls_server.serve_forever,
+                         kwargs={"poll_interval": 0.2},
+                         name="serve_tls", daemon=True).start()
+        if a.tls_port_file:
+            write_port_file(a.tls_port_file, tls_server.server_address[1])
 
     def on_signal(signum, frame):
         stop.set()

@@ -50,6 +50,8 @@ my @running;    # receivers to stop at exit
 #            (none: signatures are not checked)
 #   seed     seed of the fault generator (default 1)
 #   args     array ref of further receiver options
+#   tls      [certificate file, key file]: also serve webhooks over TLS
+#            (see tls_url)
 sub new
 {
 	my ($class, %p) = @_;
@@ -64,6 +66,10 @@ sub new
 		'--seed' => $p{seed} // 1,
 		'--log' => "$base.requests",
 		(map { ('--secret' => $_) } @{ $p{secrets} // [] }),
+		($p{tls}
+			? ('--tls-cert' => $p{tls}[0], '--tls-key' => $p{tls}[1],
+				'--tls-port-file' => "$port_file.tls")
+			: ()),
 		@{ $p{args} // [] });
 	note "starting webhook receiver $p{name}";
 	my $h = IPC::Run::start(\@cmd, '<', \undef, '>>', "$base.out", '2>>', "$base.out");
@@ -81,9 +87,16 @@ sub new
 	chomp $port;
 	die "webhook receiver $p{name}: bad port file content '$port'" unless $port =~ /^\d+$/;
 
+	my $tls_port;
+	if ($p{tls})
+	{
+		$tls_port = PostgreSQL::Test::Utils::slurp_file("$port_file.tls");
+		chomp $tls_port;
+	}
 	my $self = bless {
 		name => $p{name},
 		port => $port,
+		tls_port => $tls_port,
 		harness => $h,
 		http => HTTP::Tiny->new(timeout => 30, keep_alive => 1),
 	}, $class;
@@ -100,6 +113,14 @@ sub url
 {
 	my ($self, $path) = @_;
 	return "http://127.0.0.1:$self->{port}" . ($path // '/hooks');
+}
+
+# tls_url($path): the same over TLS (a receiver started with "tls").
+sub tls_url
+{
+	my ($self, $path) = @_;
+	die "webhook receiver $self->{name} does not serve TLS" unless $self->{tls_port};
+	return "https://127.0.0.1:$self->{tls_port}" . ($path // '/hooks');
 }
 
 # call($method, $path, $body): a control request; returns the decoded JSON
