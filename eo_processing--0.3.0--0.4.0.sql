@@ -193,6 +193,18 @@ BEGIN
                   DETAIL = pg_catalog.format('The lease given is %s; the limit is 1 day.', key_begin.lease),
                   HINT = 'Renew a short lease with eo.key_checkpoint() while the work goes on.';
     END IF;
+    -- A lease is a length of time, counted as the checks above count it
+    -- (interval comparison: a month is 30 days, a day 24 hours), so that
+    -- the lease kept is the lease checked whatever the calendar says:
+    -- '1 year -359 days' is one day, not six or seven, and '1 day' is 24
+    -- hours also across a change of daylight saving time.
+    key_begin.lease := pg_catalog.make_interval(secs =>
+        ((((pg_catalog.date_part('year', key_begin.lease) OPERATOR(pg_catalog.*) 12)
+           OPERATOR(pg_catalog.+) pg_catalog.date_part('month', key_begin.lease)) OPERATOR(pg_catalog.*) 30
+          OPERATOR(pg_catalog.+) pg_catalog.date_part('day', key_begin.lease)) OPERATOR(pg_catalog.*) 86400)
+        OPERATOR(pg_catalog.+) (pg_catalog.date_part('hour', key_begin.lease) OPERATOR(pg_catalog.*) 3600)
+        OPERATOR(pg_catalog.+) (pg_catalog.date_part('minute', key_begin.lease) OPERATOR(pg_catalog.*) 60)
+        OPERATOR(pg_catalog.+) pg_catalog.date_part('second', key_begin.lease));
     -- jsonb's text form is canonical (keys sorted, no insignificant
     -- white space), so equal requests have equal fingerprints.
     hash := pg_catalog.sha256(pg_catalog.convert_to(key_begin.request::pg_catalog.text, 'UTF8'));
@@ -367,15 +379,22 @@ COMMENT ON FUNCTION eo.key_release(text, text, bigint) IS
 
 -- Deletes completed keys older than eo.key_retention (default 24 hours;
 -- a negative retention keeps them forever), the oldest first and at most
--- max_rows of them (all when NULL); returns how many it deleted.  Keys
--- still in progress are never deleted.  SECURITY DEFINER so that an
--- operator role granted EXECUTE needs no privilege on the table.
+-- max_rows of them (all when NULL); returns how many it deleted.  A
+-- negative max_rows is refused, as by the other purges.  Keys still in
+-- progress are never deleted.  SECURITY DEFINER so that an operator role
+-- granted EXECUTE needs no privilege on the table.
 CREATE FUNCTION eo.purge_keys(max_rows bigint DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF max_rows OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'max_rows must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     WITH retention AS (
         SELECT coalesce(nullif(pg_catalog.current_setting('eo.key_retention', true), ''),
                         '24 hours')::pg_catalog.interval AS keep
@@ -396,8 +415,9 @@ AS $$
            AND k.completed_at OPERATOR(pg_catalog.<) h.before
         RETURNING 1
     )
-    SELECT pg_catalog.count(*) FROM deleted
-$$;
+    SELECT pg_catalog.count(*) INTO n FROM deleted;
+    RETURN n;
+END $$;
 COMMENT ON FUNCTION eo.purge_keys(bigint) IS
     'deletes completed idempotency keys older than eo.key_retention (at most max_rows) and returns how many';
 

@@ -203,6 +203,9 @@ SELECT count(*) AS lost_rows FROM before_bad b
 SELECT state FROM eo.key_begin(repeat('k', 255), 'null', repeat('s', 256), '1 day');
 SELECT state FROM eo.key_begin(repeat('é', 255), '{}', repeat('é', 128), '1 microsecond');
 SELECT state FROM eo.key_begin('k', '{}', lease => '1 mon -29 days');
+-- The lease kept is the length of time checked (months of 30 days, days
+-- of 24 hours), not what the calendar would make of it.
+SELECT lease FROM pg_temp.key_row('k');
 SELECT eo.key_checkpoint(repeat('k', 255), repeat('r', 256), repeat('s', 256));
 SELECT eo.key_complete(repeat('k', 255), 'null', repeat('s', 256));
 SELECT * FROM eo.key_begin(repeat('k', 255), 'null', repeat('s', 256));
@@ -248,6 +251,8 @@ SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
   FROM eo.idempotency_key;
 -- Nothing is old enough yet.
 SELECT eo.purge_keys();
+-- A negative max_rows is refused, as by the other purges.
+SELECT eo.purge_keys(-1);
 -- Age some keys: two completed ones past the retention, one within it,
 -- and an abandoned in-progress key (never purged).
 UPDATE eo.idempotency_key SET completed_at = now() - interval '25 hours' WHERE key IN ('pay-1', 'pay-2') AND scope = 'default';

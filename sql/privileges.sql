@@ -5,11 +5,17 @@ CREATE ROLE regress_eo_app;
 CREATE ROLE regress_eo_nobody;
 CREATE ROLE regress_eo_operator;
 
--- The grant the README documents for application roles.
+-- The grant the README documents for application roles (Privileges),
+-- idempotency keys included.
 GRANT USAGE ON SCHEMA eo TO regress_eo_app;
 GRANT EXECUTE ON FUNCTION eo.process(text, text, interval),
   eo.process(text, text, text), eo.process_seq(text, bigint, text),
-  eo.set_result(text, jsonb, text), eo.result(text, text) TO regress_eo_app;
+  eo.set_result(text, jsonb, text), eo.result(text, text),
+  eo.publish(text, jsonb, text, jsonb), eo.publish(text, text, text, jsonb),
+  eo.message(uuid) TO regress_eo_app;
+GRANT EXECUTE ON FUNCTION eo.key_begin(text, jsonb, text, interval),
+  eo.key_checkpoint(text, text, text, bigint), eo.key_complete(text, jsonb, text, bigint),
+  eo.key_release(text, text, bigint) TO regress_eo_app;
 -- An operator role that purges without any table privilege.
 GRANT USAGE ON SCHEMA eo TO regress_eo_operator;
 GRANT EXECUTE ON FUNCTION eo.purge_expired(bigint) TO regress_eo_operator;
@@ -38,6 +44,17 @@ DELETE FROM eo.inbox;
 TRUNCATE eo.inbox;
 SELECT * FROM eo.producer_seq;
 UPDATE eo.producer_seq SET last_seq = 0;
+-- ... nor see destinations (with their secrets), HTTP attempts or keys ...
+SELECT * FROM eo.destination;
+SELECT * FROM eo.destinations;
+SELECT * FROM eo.http_attempt;
+SELECT * FROM eo.idempotency_key;
+-- ... nor decide where messages go, nor probe http options ...
+SELECT eo.create_destination('app-hooks', 'http', '{"url": "http://169.254.169.254/"}');
+SELECT eo.create_destination('app-notify', 'notify');
+SELECT eo.alter_destination('any', '{"url": "http://10.0.0.1/"}');
+SELECT eo.check_destination_options('http', '{"url": "http://169.254.169.254/"}');
+SELECT eo.subscribe('*', 'any');
 -- ... nor use the operator functions, nor create objects in schema eo.
 SELECT eo.forget('a-1');
 SELECT eo.purge_expired();

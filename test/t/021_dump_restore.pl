@@ -7,16 +7,28 @@
 # held behind a disabled destination or behind their key, retrying, dead),
 # messages still waiting in eo.outbox (the relay is turned off with ALTER
 # SYSTEM, and the routing is done by eo.relay_run() so that nothing moves
-# by itself), key rows, statistics, inbox records with results, producer
-# sequence marks, an HTTP attempt, privileges granted to an application
-# role, and a gap in the destination ids.  Each restored copy must hold
-# exactly the same rows (and the same identity sequence state), the
-# extension must work on it (restored inbox records deduplicate, new
-# destinations get new ids), and once the relay is enabled it must deliver
-# the pending messages to a listener of the restored database, and nothing
-# that had already been delivered.  Which tables pg_dump keeps is decided by
-# pg_extension_config_dump(): every table and sequence of the extension must
-# be listed.
+# by itself), key rows, statistics, inbox records with results (one owned
+# by an application role), producer sequence marks, an http destination
+# with a signing secret and an Authorization header, HTTP attempts,
+# idempotency keys (completed with a response, in progress after a
+# checkpoint with a live lease and with a lease about to expire, one
+# released), privileges granted to application roles, and a gap in the
+# destination ids.  Each restored copy must hold exactly the same rows (and
+# the same state of the destination id and fence sequences), the extension
+# must work on it (restored inbox records deduplicate, new destinations get
+# new ids, stored results stay readable by the role that owns them and by
+# no other, restored keys answer retries, a new key gets a fence larger
+# than any handed out before the dump, an expired key is resumed at its
+# recovery point with a larger fence and its old holder is refused), and
+# once the relay is enabled it must deliver the pending messages to a
+# listener of the restored database, and nothing that had already been
+# delivered, and sign webhooks with the restored secret.  Which tables
+# pg_dump keeps is decided by pg_extension_config_dump(): every table and
+# sequence of the extension must be listed.
+#
+# The second cluster has roles the first has not, created before the
+# application roles: their OIDs differ, and eo.inbox.result_owner (regrole)
+# must be restored by name.
 
 use strict;
 use warnings FATAL => 'all';
@@ -29,6 +41,7 @@ use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use EOTest;
 use EONotify;
+use EOWebhook;
 
 my $timeout = $PostgreSQL::Test::Utils::timeout_default;
 my $long = 'long.' . ('x' x 70);    # too long for a channel name
@@ -45,17 +58,25 @@ my %tables = (
 	'eo.delivery' => 'destination_id, message_id',
 	'eo.destination_stats' => 'destination_id',
 	'eo.http_attempt' => 'destination_id, message_id, attempt',
+	'eo.idempotency_key' => 'scope, key',
 );
 
-# A node whose relay is off, with the application's role.
+# A node whose relay is off, with the application's roles (created after
+# @other_roles).
 sub new_node
 {
-	my ($name) = @_;
+	my ($name, @other_roles) = @_;
 	my $n = eo_new_node($name);
 	eo_set_relay_enabled($n, 'off');
-	$n->safe_psql('postgres', 'CREATE ROLE app_role');
+	$n->safe_psql('postgres', "CREATE ROLE $_") for (@other_roles, 'app_role', 'other_role');
 	return $n;
 }
+
+# The http destination signs with a secret and sends a credential: both
+# must come back with the restore (the receiver checks the signature).
+my $secret = eo_webhook_secret();
+my $token = 'tok' . substr(eo_webhook_secret(), 6, 24);
+my $hooks = EOWebhook->new(name => 'restored', secrets => [$secret]);
 
 my $node = new_node('dump_source');
 $node->safe_psql('postgres', 'CREATE DATABASE src');
@@ -65,6 +86,11 @@ CREATE EXTENSION eo_processing;
 GRANT USAGE ON SCHEMA eo TO app_role;
 GRANT EXECUTE ON FUNCTION eo.process(text, text, interval), eo.publish(text, jsonb, text, jsonb)
    TO app_role;
+-- Stored results: app_role owns one, other_role may call eo.result() but
+-- not read it.
+GRANT USAGE ON SCHEMA eo TO other_role;
+GRANT EXECUTE ON FUNCTION eo.set_result(text, jsonb, text), eo.result(text, text)
+   TO app_role, other_role;
 
 SELECT eo.create_destination('gone', 'notify');
 SELECT eo.drop_destination('gone');
@@ -111,6 +137,56 @@ INSERT INTO eo.http_attempt
 SELECT now(), d.id, m.id, 1, 503, 'service unavailable', 12.5, 'busy'
   FROM eo.destination d, eo.message_log m
  WHERE d.name = 'live' AND m.topic = 'app.exact';
+
+-- A result stored by the application role.
+SET ROLE app_role;
+SELECT eo.process('owned-1', 'payments');
+SELECT eo.set_result('owned-1', '{"charge": "ch_1"}', 'payments');
+RESET ROLE;
+});
+
+# An http destination with a secret and a credential (created without
+# statement logging), and attempts of its own.
+eo_create_http_destination(
+	$node, 'src', 'hooks',
+	{
+		url => $hooks->url('/restored'),
+		signing_secret => $secret,
+		headers => { Authorization => "Bearer $token" },
+		retry_delays => ['50ms'],
+	},
+	'hooks.*');
+$node->safe_psql(
+	'src', q{
+INSERT INTO eo.http_attempt
+SELECT now() - g * interval '1 min', d.id, m.id, g, CASE WHEN g = 1 THEN NULL ELSE 500 END,
+       CASE WHEN g = 1 THEN 'Failed to connect to 127.0.0.1 port 9' ELSE 'HTTP status 500' END,
+       g * 1.5, CASE WHEN g = 1 THEN NULL ELSE 'oops' END
+  FROM eo.destination d, eo.message_log m, generate_series(1, 2) g
+ WHERE d.name = 'hooks' AND m.topic = 'app.exact';
+});
+
+# Idempotency keys: completed with a response; in progress after a
+# checkpoint, with a live lease (in scope "shipping") and with a lease of
+# one second (expired by the time it is restored); released (forgotten,
+# but its fence was handed out).
+my %fence;
+for my $k (
+	[ 'pay-1', 'default', '{"amount": 100}', '5 minutes' ],
+	[ 'ship-1', 'shipping', '{"order": 7}', '1 day' ],
+	[ 'ship-2', 'default', '{"order": 8}', '1 second' ],
+	[ 'mail-1', 'default', '{"to": "a@example.com"}', '5 minutes' ])
+{
+	my ($key, $scope, $request, $lease) = @$k;
+	$fence{$key} = $node->safe_psql('src',
+		"SELECT fence FROM eo.key_begin('$key', '$request', '$scope', '$lease')");
+}
+$node->safe_psql(
+	'src', qq{
+SELECT eo.key_complete('pay-1', '{"status": 201, "body": {"charge": "ch_1"}}', fence => $fence{'pay-1'});
+SELECT eo.key_checkpoint('ship-1', 'label_bought', 'shipping', $fence{'ship-1'});
+SELECT eo.key_checkpoint('ship-2', 'charged', fence => $fence{'ship-2'});
+SELECT eo.key_release('mail-1', fence => $fence{'mail-1'});
 });
 
 # What the source holds, for the checks below.
@@ -120,8 +196,14 @@ my $stats_sql = q{
 	                  ORDER BY destination)
 	  FROM eo.stats};
 is($node->safe_psql('src', $stats_sql),
-	'broken:1/1/0 fragile:0/0/2 held:21/0/0 live:0/0/0',
+	'broken:1/1/0 fragile:0/0/2 held:21/0/0 hooks:0/0/0 live:0/0/0',
 	'source: held, retrying and dead deliveries');
+is( $node->safe_psql(
+		'src', q{
+	SELECT string_agg(format('%s/%s:%s:%s', scope, key, state, recovery_point), ' ' ORDER BY scope, key)
+	  FROM eo.idempotency_key}),
+	'default/pay-1:completed:finished default/ship-2:in_progress:charged shipping/ship-1:in_progress:label_bought',
+	'source: a completed key, two in progress after a checkpoint, the released one gone');
 is($node->safe_psql('src', 'SELECT count(*) FROM eo.outbox'),
 	'15', 'source: 15 messages pending in eo.outbox');
 my $pending = eo_id_set($node, 'src', 'SELECT id FROM eo.outbox');
@@ -154,8 +236,10 @@ sub snapshot
 		$s{$table} = $n->safe_psql($db,
 			"SET TimeZone = 'UTC'; SELECT t::text FROM $table t ORDER BY $tables{$table}");
 	}
-	$s{'eo.destination_id_seq'} =
-	  $n->safe_psql($db, 'SELECT last_value, is_called FROM eo.destination_id_seq');
+	for my $seq ('eo.destination_id_seq', 'eo.idempotency_fence_seq')
+	{
+		$s{$seq} = $n->safe_psql($db, "SELECT last_value, is_called FROM $seq");
+	}
 	$s{extension} = $n->safe_psql($db,
 		q{SELECT extversion, array_length(extconfig, 1) FROM pg_extension WHERE extname = 'eo_processing'});
 	return \%s;
@@ -171,7 +255,12 @@ command_checks_all(
 # Restore into the same cluster and into a second one
 ######################################################################
 
-my $node2 = new_node('dump_target');
+# The roles the first cluster has not come first: app_role gets another OID.
+my $node2 = new_node('dump_target', 'unrelated_role_1', 'unrelated_role_2');
+isnt(
+	$node2->safe_psql('postgres', q{SELECT 'app_role'::regrole::oid}),
+	$node->safe_psql('postgres', q{SELECT 'app_role'::regrole::oid}),
+	'app_role has another OID in the second cluster');
 
 for my $target ($node, $node2)
 {
@@ -191,8 +280,10 @@ for my $target ($node, $node2)
 		SELECT has_function_privilege('app_role', 'eo.process(text, text, interval)', 'EXECUTE'),
 		       has_function_privilege('app_role', 'eo.publish(text, jsonb, text, jsonb)', 'EXECUTE'),
 		       has_function_privilege('app_role', 'eo.forget(text, text)', 'EXECUTE'),
-		       has_table_privilege('app_role', 'eo.inbox', 'SELECT')}),
-		't|t|f|f', "$name: the application role's grants are restored, and no more");
+		       has_table_privilege('app_role', 'eo.inbox', 'SELECT'),
+		       has_table_privilege('app_role', 'eo.idempotency_key', 'SELECT'),
+		       has_table_privilege('app_role', 'eo.destination', 'SELECT')}),
+		't|t|f|f|f|f', "$name: the application role's grants are restored, and no more");
 }
 
 ######################################################################
@@ -217,6 +308,65 @@ for my $target ($node, $node2)
 		't', "$name: a new destination gets a new id (the identity sequence was restored)");
 	$target->safe_psql('restored', q{SELECT eo.drop_destination('after_restore')});
 
+	# Stored results belong to the same role, by name.
+	is( $target->safe_psql(
+			'restored', q{
+		SELECT result_owner::text, result_owner::oid = 'app_role'::regrole::oid
+		  FROM eo.inbox WHERE consumer = 'payments' AND msg_id = 'owned-1'}),
+		'app_role|t', "$name: the stored result belongs to app_role of this cluster");
+	is( $target->safe_psql(
+			'restored', q{SET ROLE app_role; SELECT eo.result('owned-1', 'payments')}),
+		'{"charge": "ch_1"}', "$name: app_role reads its restored result");
+	my ($ret, undef, $err) = $target->psql('restored',
+		qq{\\set VERBOSITY sqlstate\nSET ROLE other_role;\nSELECT eo.result('owned-1', 'payments');});
+	like($err, qr/ERROR:  42501/, "$name: another role may not read it (42501)");
+
+	# Idempotency keys: retries get the stored answers.
+	is( $target->safe_psql(
+			'restored', q{
+		SELECT state || ' ' || recovery_point || ' ' || response::text
+		  FROM eo.key_begin('pay-1', '{"amount": 100}')}),
+		'completed finished {"body": {"charge": "ch_1"}, "status": 201}',
+		"$name: a completed key returns its stored response");
+	(undef, undef, $err) = $target->psql('restored',
+		qq{\\set VERBOSITY sqlstate\nSELECT * FROM eo.key_begin('pay-1', '{"amount": 101}');});
+	like($err, qr/ERROR:  IK001/, "$name: ... and still refuses another request (IK001)");
+	is( $target->safe_psql(
+			'restored', q{
+		SELECT state || ' ' || (fence IS NULL) FROM eo.key_begin('ship-1', '{"order": 7}', 'shipping')}),
+		'in_progress true', "$name: a key whose lease is live is in progress");
+
+	# Fences keep growing: a new key, and the released one begun again, get
+	# fences larger than any handed out before the dump.
+	my $max_fence = (sort { $b <=> $a } values %fence)[0];
+	cmp_ok($target->safe_psql('restored', q{SELECT max(fence) FROM eo.idempotency_key}),
+		'<', $fence{'mail-1'}, "$name: (no restored key has a fence as large as the released key's)");
+	my $new = $target->safe_psql('restored', q{SELECT fence FROM eo.key_begin('new-1', '{}')});
+	cmp_ok($new, '>', $max_fence, "$name: a new key gets a fence larger than any restored or released one");
+	is( $target->safe_psql(
+			'restored', qq{
+		SELECT state || ' ' || (fence > $new) FROM eo.key_begin('mail-1', '{"to": "b\@example.com"}')}),
+		'started true', "$name: the released key starts afresh, with a larger fence still");
+
+	# The key whose lease expired is taken over at its recovery point, with a
+	# larger fence; its old holder is refused.
+	ok( $target->poll_query_until(
+			'restored', q{
+		SELECT lease_expires_at < clock_timestamp() FROM eo.idempotency_key WHERE key = 'ship-2'}),
+		"$name: the lease of ship-2 has expired");
+	my ($state, $point, $resumed) = split /\|/,
+	  $target->safe_psql('restored', q{SELECT state, recovery_point, fence FROM eo.key_begin('ship-2', '{"order": 8}')});
+	is("$state $point", 'resumed charged', "$name: the expired key is resumed at its recovery point");
+	cmp_ok($resumed, '>', $max_fence, "$name: ... with a fence larger than any before the dump");
+	(undef, undef, $err) = $target->psql('restored',
+		qq{\\set VERBOSITY sqlstate\nSELECT eo.key_complete('ship-2', '"late"', fence => $fence{'ship-2'});});
+	like($err, qr/ERROR:  IK002/, "$name: the holder from before the dump has lost the lease (IK002)");
+	$target->safe_psql('restored',
+		qq{SELECT eo.key_complete('ship-2', '{"status": 200}', fence => $resumed)});
+	is( $target->safe_psql(
+			'restored', q{SELECT state || ' ' || response::text FROM eo.key_begin('ship-2', '{"order": 8}')}),
+		'completed {"status": 200}', "$name: the new holder completes it");
+
 	# The relay delivers exactly the messages that were pending.
 	my $l = EONotify->new($target, 'restored', 'eo_live', 'eo_held');
 	eo_set_relay_enabled($target, 'on');
@@ -239,7 +389,7 @@ for my $target ($node, $node2)
 			$timeout),
 		"$name: \"held\" delivers its held deliveries once enabled");
 	ok( $target->poll_query_until(
-			'restored', $stats_sql, 'broken:1/1/0 fragile:0/0/2 held:0/0/0 live:0/0/0'),
+			'restored', $stats_sql, 'broken:1/1/0 fragile:0/0/2 held:0/0/0 hooks:0/0/0 live:0/0/0'),
 		"$name: retrying and dead deliveries are kept as they were");
 	$l->drain(0.2);
 	my $held_got = $l->received('eo_held');
@@ -247,8 +397,18 @@ for my $target ($node, $node2)
 	is_deeply($held_got, { map { ($_ => 1) } keys %$held },
 		"$name: \"held\" delivered exactly the messages it held, once each");
 	$l->close;
+
+	# The http destination signs with the restored secret and sends the
+	# restored credential.
+	my $hook_id = $target->safe_psql('restored', q{SELECT eo.publish('hooks.after_restore', '{}'::jsonb)});
+	ok(eo_wait_drained($target, 'restored', 'hooks', $timeout), "$name: a webhook is delivered");
+	my $req = $hooks->requests(1)->[0];
+	is($req->{id}, $hook_id, "$name: ... to the receiver");
+	is($req->{headers}{authorization}, "Bearer $token", "$name: ... with the restored Authorization header");
+	is($hooks->stats->{bad_signature}, 0, "$name: ... signed with the restored secret");
 }
 
+$hooks->stop;
 $node->stop;
 $node2->stop;
 done_testing();
