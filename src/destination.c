@@ -238,6 +238,19 @@ eo_http_header_value_ok(const char *value, int len)
 	return true;
 }
 
+/*
+ * eo_http_header_line
+ *		"Name: value" for libcurl's header list; "Name;" for an empty value
+ *		(libcurl leaves out a header written "Name:").  palloc'd.
+ */
+char *
+eo_http_header_line(const char *name, int nlen, const char *value, int vlen)
+{
+	if (vlen == 0)
+		return psprintf("%.*s;", nlen, name);
+	return psprintf("%.*s: %.*s", nlen, name, vlen, value);
+}
+
 /* Headers the relay sets itself, which options and messages cannot set. */
 bool
 eo_http_header_reserved(const char *name, int len)
@@ -297,8 +310,8 @@ parse_headers(const JsonbValue *v, DestinationConfig *cfg)
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("option \"headers\" is longer than %d bytes", EO_HTTP_MAX_HEADER_BYTES)));
 		cfg->headers = lappend(cfg->headers,
-							   psprintf("%.*s: %.*s", k.val.string.len, k.val.string.val,
-										val.val.string.len, val.val.string.val));
+							   eo_http_header_line(k.val.string.val, k.val.string.len,
+												   val.val.string.val, val.val.string.len));
 	}
 }
 

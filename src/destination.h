@@ -62,5 +62,6 @@ extern bool eo_http_host_allowed(const char *host);
 extern bool eo_http_header_name_ok(const char *name, int len);
 extern bool eo_http_header_value_ok(const char *value, int len);
 extern bool eo_http_header_reserved(const char *name, int len);
+extern char *eo_http_header_line(const char *name, int nlen, const char *value, int vlen);
 
 #endif							/* EO_DESTINATION_H */

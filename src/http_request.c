@@ -161,12 +161,42 @@ add_header(HttpRequest *req, const char *line)
 }
 
 /*
+ * dest_sets, overridden
+ *		Does the destination set this header (or, for overridden(), the
+ *		relay: Content-Type)?  Then the message's copy is left out: how a
+ *		message is sent is the destination owner's decision, not the
+ *		publisher's.  A destination's Content-Type replaces the relay's.
+ */
+static bool
+dest_sets(const DestinationConfig *dest, const char *name, int len)
+{
+	ListCell   *lc;
+
+	foreach(lc, dest->headers)
+	{
+		const char *line = lfirst(lc);
+
+		if (pg_strncasecmp(line, name, len) == 0 && (line[len] == ':' || line[len] == ';'))
+			return true;
+	}
+	return false;
+}
+
+static bool
+overridden(const DestinationConfig *dest, const char *name, int len)
+{
+	return (len == 12 && pg_strncasecmp(name, "content-type", 12) == 0) ||
+		dest_sets(dest, name, len);
+}
+
+/*
  * message_headers
- *		Add the message's headers.  Returns an error text if one cannot be
- *		sent over HTTP (messages published before 0.3.0 were not checked).
+ *		Add the message's headers, except those the destination sets.
+ *		Returns an error text if one cannot be sent over HTTP (messages
+ *		published before 0.3.0 were not checked).
  */
 static const char *
-message_headers(HttpRequest *req, const EoMessage *msg)
+message_headers(HttpRequest *req, const DestinationConfig *dest, const EoMessage *msg)
 {
 	JsonbIterator *it;
 	JsonbValue	k;
@@ -186,8 +216,10 @@ message_headers(HttpRequest *req, const EoMessage *msg)
 			!eo_http_header_value_ok(v.val.string.val, v.val.string.len))
 			return "a message header cannot be sent over HTTP (its name is not a token, "
 				"its value has a line break, or the relay sets it itself)";
-		if (!add_header(req, psprintf("%.*s: %.*s", k.val.string.len, k.val.string.val,
-									  v.val.string.len, v.val.string.val)))
+		if (overridden(dest, k.val.string.val, k.val.string.len))
+			continue;
+		if (!add_header(req, eo_http_header_line(k.val.string.val, k.val.string.len,
+												 v.val.string.val, v.val.string.len)))
 			return "out of memory in libcurl";
 	}
 	return NULL;
@@ -245,7 +277,7 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 			error = "out of memory in libcurl";
 	}
 	if (error == NULL)
-		error = message_headers(req, msg);
+		error = message_headers(req, dest, msg);
 	if (error != NULL)
 	{
 		req->build_error = error;
@@ -253,8 +285,9 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 		MemoryContextSwitchTo(old);
 		return req;
 	}
-	if (!add_header(req, json ? "Content-Type: application/json" :
-					"Content-Type: text/plain; charset=utf-8") ||
+	if ((!dest_sets(dest, "content-type", 12) &&
+		 !add_header(req, json ? "Content-Type: application/json" :
+					 "Content-Type: text/plain; charset=utf-8")) ||
 		!add_header(req, psprintf("Idempotency-Key: %s", id)) ||
 		!add_header(req, psprintf("webhook-id: %s", id)) ||
 		!add_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_secs)) ||
