@@ -245,14 +245,18 @@ sub sample
 	my $st = eo_proc_status($relay_pid) // {};
 	$s{rss} = $st->{VmRSS} // 0;
 	$s{anon} = $st->{RssAnon} // 0;
-	note sprintf('%5.1fs relay RssAnon %6d kB VmRSS %6d kB; %s', $t, $s{anon}, $s{rss},
+	$s{shmem} = $st->{RssShmem} // 0;
+	note sprintf('%5.1fs relay RssAnon %5d kB RssShmem %6d kB VmRSS %6d kB; %s',
+		$t, $s{anon}, $s{shmem}, $s{rss},
 		join(', ', map { sprintf('%s %d rows %d kB', $_, $s{rows}{$_}, $s{size}{$_} / 1024) } @tables));
 	return \%s;
 }
 
-# The flapping receiver's cycle: [mode, seconds].
-my @cycle = ([ healthy => 3 ], [ fail_500 => 2 ], [ healthy => 2 ], [ drop => 2 ],
-	[ healthy => 2 ], [ stopped => 3 ]);
+# The flapping receiver's cycle: [mode, seconds].  The first one ends
+# before the first memory sample (at 20% of at least 60 s), so that the
+# relay has been through each failure and each recovery by then.
+my @cycle = ([ stopped => 3 ], [ healthy => 2 ], [ fail_500 => 2 ], [ healthy => 2 ],
+	[ drop => 2 ], [ healthy => 2 ]);
 my %flaps;
 sub flap
 {
@@ -601,9 +605,9 @@ note join("\n", 'soak summary:',
 		join(', ', map { "$_ $replies{$_}" } sort keys %replies),
 		$node->safe_psql('postgres', 'SELECT count(*) FROM app.lease_lost'), scalar @abandoned),
 	sprintf('  relay memory: RssAnon %d kB at 20%%, %d kB at the end of the load, %d kB drained; '
-		  . 'VmRSS %d / %d / %d kB; memory contexts %d / %d bytes',
-		$at20->{anon}, $at_end->{anon}, $final->{anon}, $at20->{rss}, $at_end->{rss}, $final->{rss},
-		$at20->{contexts}{total}, $final->{contexts}{total}),
+		  . 'memory contexts %d / %d bytes; VmRSS %d / %d / %d kB (shared buffers touched: %d / %d / %d kB)',
+		$at20->{anon}, $at_end->{anon}, $final->{anon}, $at20->{contexts}{total}, $final->{contexts}{total},
+		$at20->{rss}, $at_end->{rss}, $final->{rss}, $at20->{shmem}, $at_end->{shmem}, $final->{shmem}),
 	map { "  $_" } @size_notes);
 
 $listener->close;
