@@ -10,15 +10,15 @@ Usage:
   webhook_receiver.py --port N [--host 127.0.0.1] [--secret whsec_...]...
                       [--port-file PATH] [--seed N] [--log PATH]
                       [--tolerance SECONDS] [--idle-timeout SECONDS]
-                      [--keep-requests N] [--verbose]
+                      [--keep-requests N] [--journal PATH] [--verbose]
                       [--tls-cert PEM --tls-key PEM [--tls-port-file PATH]]
 
-  --port 0 picks a free port.  With --tls-cert, webhooks are also served
-  over TLS on a second port of its own choosing (written to
-  --tls-port-file before --port-file), sharing everything else.  Once listening it writes the port to
+  --port 0 picks a free port.  Once listening it writes the port to
   --port-file (tmp file + rename) and prints exactly one line to stdout:
   "listening on 127.0.0.1:<port>".  It serves until SIGTERM / SIGINT or
-  POST /_shutdown, then exits 0.
+  POST /_shutdown, then exits 0.  With --tls-cert, webhooks are also served
+  over TLS on a second port of its own choosing (written to
+  --tls-port-file before --port-file), sharing everything else.
 
 Webhooks: any path that does not start with "/_".  Only POST (else 405).
 Each request goes through, in this order:
@@ -51,6 +51,14 @@ Each request goes through, in this order:
      "seq", the seq must be greater than the last applied seq of the key,
      else order_violations is counted (the message is applied anyway and
      marked "order_violation": true).
+
+Restarts: with --journal PATH every applied message (the /_applied entry) is
+appended to PATH, one JSON line, before the answer is sent, and the journal
+is read back at start.  A receiver stopped (even by SIGKILL) and started
+again with the same journal therefore still deduplicates what it applied
+before and still checks the key order against it; the counters of /_stats
+start from zero in each run ("restored" says how many entries were read
+back).  POST /_reset empties the journal too.
 
 Control endpoints (JSON; wrong method 405, unknown path 404):
   GET  /_health              {"ok": true}
@@ -143,18 +151,29 @@ def is_number(v):
 class State:
     """Everything the handlers share; all of it guarded by self.lock."""
 
-    def __init__(self, seed, keep_requests):
+    def __init__(self, seed, keep_requests, journal=None):
         self.lock = threading.Lock()
         self.seed = seed
         self.keep_requests = keep_requests
+        self.journal = journal           # open file (append), or None
+        self.restored = 0
         self.connections_open = 0
         self.connections_total = 0
         self.in_flight = 0
-        self.reset()
+        self._clear()
+        if journal is not None:
+            self.restore()
 
     def reset(self):
-        """Clear everything except open connections / in-flight requests.
-        Caller holds the lock (or is the constructor)."""
+        """POST /_reset: clear everything except open connections and
+        in-flight requests, the journal included.  Caller holds the lock."""
+        self._clear()
+        if self.journal is not None:
+            self.journal.seek(0)
+            self.journal.truncate()
+            self.restored = 0
+
+    def _clear(self):
         self.rng = random.Random(self.seed)
         self.faults = {}                 # probabilities etc., as configured
         self.forced_status = None
@@ -173,6 +192,38 @@ class State:
         self.last_seq = {}               # key -> last applied seq
         self.requests = collections.deque(maxlen=self.keep_requests or None)
         self.request_no = 0
+
+    def _index(self, entry):
+        """Make an applied entry known: deduplication, key order."""
+        self.applied.append(entry)
+        self.applied_ids[entry["id"]] = entry
+        if entry["key"] is not None and entry["seq"] is not None:
+            self.last_seq[entry["key"]] = entry["seq"]
+
+    def remember(self, entry):
+        """Record an applied entry and journal it.  Caller holds the lock."""
+        self._index(entry)
+        if self.journal is not None:
+            self.journal.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self.journal.flush()
+
+    def restore(self):
+        """Read the journal back (constructor only).  A last line cut short
+        by a kill is skipped (its request was not answered, so it comes
+        again) and terminated, so that the next entry starts a line."""
+        self.journal.seek(0)
+        text = self.journal.read()
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry["id"] not in self.applied_ids:
+                self._index(entry)
+                self.restored += 1
+        if text and not text.endswith("\n"):
+            self.journal.write("\n")
+            self.journal.flush()
 
     def fault_config(self):
         cfg = {k: self.faults.get(k, 0.0) for k in FAULT_KINDS}
@@ -213,6 +264,7 @@ class State:
             "connections_open": self.connections_open,
             "connections_total": self.connections_total,
             "seed": self.seed,
+            "restored": self.restored,
         }
 
 
@@ -661,7 +713,6 @@ class Handler(BaseHTTPRequestHandler):
                 if last is not None and seq <= last:
                     violation = True
                     st.order_violations += 1
-                st.last_seq[key] = seq
             entry = {
                 "id": msg_id,
                 "topic": topic,
@@ -673,8 +724,7 @@ class Handler(BaseHTTPRequestHandler):
                 "applied_at": time.time(),
                 "body": body.decode("utf-8", "replace"),
             }
-            st.applied.append(entry)
-            st.applied_ids[msg_id] = entry
+            st.remember(entry)
             return "applied", violation
 
     def _finish_hook(self, msg_id, outcome, status, body, fault,
@@ -841,6 +891,9 @@ def main(argv=None):
                     help="close a connection idle this long (600 s)")
     ap.add_argument("--keep-requests", type=int, default=10000,
                     help="requests kept for /_requests (0 = unlimited)")
+    ap.add_argument("--journal",
+                    help="append applied messages here and read them back "
+                         "at start (deduplication survives a restart)")
     ap.add_argument("--verbose", action="store_true",
                     help="log every request to stderr")
     ap.add_argument("--tls-cert", help="also serve webhooks over TLS with this "
@@ -863,9 +916,10 @@ def main(argv=None):
             ap.error(str(e))
 
     log_file = open(a.log, "a", encoding="utf-8") if a.log else None
+    journal = open(a.journal, "a+", encoding="utf-8") if a.journal else None
     Handler.timeout = a.idle_timeout if a.idle_timeout > 0 else None
     stop = threading.Event()
-    state = State(a.seed, a.keep_requests)
+    state = State(a.seed, a.keep_requests, journal)
     try:
         server = Server((HOST, a.port), Handler, state, keys, a.tolerance,
                         log_file, stop, a.verbose)

@@ -10,7 +10,9 @@
 # The relay tests (003-005) also use: eo_server_pids() and eo_wait_pids_gone()
 # to wait for the orphaned children of a killed postmaster, eo_poll_start()
 # to start a node again once they are gone, eo_relay_pid() and
-# eo_proc_status() to watch a relay worker.
+# eo_proc_status() to watch a relay worker.  The soak (060) adds
+# eo_memory_contexts() to read a relay's memory contexts and eo_copy_lines()
+# to load what a listener or a receiver got into a table for checks in SQL.
 #
 # The reliability tests (020-022) add: eo_new_node() for a started node
 # with the library preloaded, eo_wait_relay() to wait for a database's
@@ -37,7 +39,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(eo_pgbench eo_pgbench_start eo_pgbench_finish eo_server_pids
-  eo_wait_pids_gone eo_poll_start eo_relay_pid eo_proc_status eo_new_node
+  eo_wait_pids_gone eo_poll_start eo_relay_pid eo_proc_status
+  eo_memory_contexts eo_copy_lines eo_new_node
   eo_wait_relay eo_wait_drained
   eo_set_relay_enabled eo_id_set eo_clients_start eo_clients_run
   eo_clients_finish);
@@ -101,6 +104,8 @@ sub _pgbench_result
 #   jobs          --jobs (default: clients)
 #   options       array ref of further pgbench options
 #   env           hash ref of environment variables to set (e.g. PGOPTIONS)
+#   timeout       seconds after which pgbench is killed (default
+#                 timeout_default; a longer duration needs more)
 #
 # Returns a hash ref: rc (exit status), stdout, stderr, and the counters
 # processed, expected (the "N/M" of "actually processed"), failed, retried
@@ -114,13 +119,13 @@ sub eo_pgbench
 	my ($stdout, $stderr) = ('', '');
 	note 'running: ' . join(' ', @cmd);
 	IPC::Run::run(\@cmd, '<', \undef, '>', \$stdout, '2>', \$stderr,
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+		IPC::Run::timeout($p{timeout} // $PostgreSQL::Test::Utils::timeout_default));
 	return _pgbench_result($? >> 8, $stdout, $stderr);
 }
 
 # eo_pgbench_start($node, %params): as eo_pgbench(), but start pgbench in
 # the background and return a handle for eo_pgbench_finish().  pgbench is
-# killed when it outlives timeout_default.
+# killed when it outlives its timeout.
 sub eo_pgbench_start
 {
 	my ($node, %p) = @_;
@@ -131,7 +136,7 @@ sub eo_pgbench_start
 	note 'starting: ' . join(' ', @cmd);
 	$h->{harness} = IPC::Run::start(\@cmd, '<', \undef, '>', \$h->{stdout},
 		'2>', \$h->{stderr},
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+		IPC::Run::timeout($p{timeout} // $PostgreSQL::Test::Utils::timeout_default));
 	return $h;
 }
 
@@ -446,6 +451,43 @@ sub eo_proc_status
 	}
 	close $fh;
 	return \%s;
+}
+
+# eo_memory_contexts($node, $pid): the memory held by the memory contexts
+# of a server process (a relay worker, say), as a hash ref of bytes:
+# total (allocated from the operating system) and used.  Asks the process
+# to log them (pg_log_backend_memory_contexts) and reads its "Grand total"
+# line from the server log; undef when it did not answer in time.
+sub eo_memory_contexts
+{
+	my ($node, $pid) = @_;
+	my $offset = -s $node->logfile;
+	my $grand = qr/\[$pid\] LOG:  Grand total: (\d+) bytes in \d+ blocks; \d+ free \(\d+ chunks\); (\d+) used/;
+
+	$node->safe_psql('postgres', "SELECT pg_log_backend_memory_contexts($pid)");
+	my $deadline = Time::HiRes::time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (Time::HiRes::time() < $deadline)
+	{
+		my ($total, $used) = slurp_file($node->logfile, $offset) =~ $grand;
+		return { total => $total, used => $used } if defined $total;
+		Time::HiRes::usleep(50_000);
+	}
+	return undef;
+}
+
+# eo_copy_lines($node, $dbname, $target, $file): load each line of a file,
+# verbatim (JSON, say), as one row of $target, a table and column list
+# taking one text value ("t (line)"), in file order.  The server reads the
+# file, so it must be readable by the server's user (the test's own files
+# are).
+sub eo_copy_lines
+{
+	my ($node, $dbname, $target, $file) = @_;
+	# CSV with a delimiter and a quote that never occur in text: no
+	# character of the line is taken for anything but itself.
+	$node->safe_psql($dbname,
+		qq{COPY $target FROM '$file' WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')});
+	return;
 }
 
 1;

@@ -12,9 +12,15 @@
 #   $r->stats, $r->applied, $r->requests   GET /_stats, /_applied, /_requests
 #   $r->wait_for(sub { $_[0]{applied} >= 10 }, $seconds)
 #   $r->stop                               stop it (also done at exit)
+#   $r->start                              start it again, on the same port
 #
 # Every wait is bounded.  The receiver's output and its log of webhook
-# requests (one JSON line each) go to the test's log directory.
+# requests (one JSON line each, request_log()) go to the test's log
+# directory.  A receiver that a test stops and starts again (a flapping
+# receiver) is created with a port outside the kernel's range for outgoing
+# connections, so that nothing else takes the port while it is down
+# (port => PostgreSQL::Test::Cluster::get_free_port()), and with a journal
+# (journal => 1), so that it still deduplicates what it applied before.
 #
 # The functions below start a node, create http destinations, wait for a
 # destination to be drained and compare what a receiver applied with what
@@ -43,70 +49,103 @@ my $script = File::Basename::dirname(__FILE__) . '/../webhook_receiver.py';
 my $json = JSON::PP->new->canonical;
 my @running;    # receivers to stop at exit
 
-# EOWebhook->new(%params)
+# EOWebhook->new(%params): a started receiver.
 #
 #   name     unique in the test; names the log files (required)
 #   secrets  array ref of "whsec_..." secrets the receiver verifies with
 #            (none: signatures are not checked)
 #   seed     seed of the fault generator (default 1)
+#   port     the port to listen on (default: one of the receiver's choosing)
+#   journal  true: keep the applied messages in journal_file() across
+#            stop() and start() (the receiver's --journal)
 #   args     array ref of further receiver options
-#   tls      [certificate file, key file]: also serve webhooks over TLS
-#            (see tls_url)
+#   tls      [certificate file, key file]: also serve webhooks over TLS,
+#            on a port of the receiver's choosing (see tls_url)
 sub new
 {
 	my ($class, %p) = @_;
 	die 'EOWebhook->new: name is required' unless defined $p{name};
 
 	my $base = "$PostgreSQL::Test::Utils::log_path/webhook_$p{name}";
-	my $port_file = PostgreSQL::Test::Utils::tempdir() . '/port';
-	my @cmd = (
-		'python3', $script,
-		'--port' => 0,
-		'--port-file' => $port_file,
-		'--seed' => $p{seed} // 1,
-		'--log' => "$base.requests",
-		(map { ('--secret' => $_) } @{ $p{secrets} // [] }),
-		($p{tls}
-			? ('--tls-cert' => $p{tls}[0], '--tls-key' => $p{tls}[1],
-				'--tls-port-file' => "$port_file.tls")
-			: ()),
-		@{ $p{args} // [] });
-	note "starting webhook receiver $p{name}";
-	my $h = IPC::Run::start(\@cmd, '<', \undef, '>>', "$base.out", '2>>', "$base.out");
+	my $self = bless {
+		name => $p{name},
+		base => $base,
+		port => $p{port} // 0,
+		tls => $p{tls},
+		args => [
+			'--seed' => $p{seed} // 1,
+			'--log' => "$base.requests",
+			($p{journal} ? ('--journal' => "$base.journal") : ()),
+			(map { ('--secret' => $_) } @{ $p{secrets} // [] }),
+			@{ $p{args} // [] }
+		],
+	}, $class;
+	$self->start;
+	return $self;
+}
 
+# start: start the receiver (again: on the port it had) and wait until it
+# listens.  A restart retries for a while if the port is still taken.
+sub start
+{
+	my ($self) = @_;
+	die "webhook receiver $self->{name} is running" if $self->{harness};
+
+	my $name = $self->{name};
+	my $out = "$self->{base}.out";
 	my $deadline = Time::HiRes::time() + $PostgreSQL::Test::Utils::timeout_default;
-	until (-s $port_file)
+	my ($h, $port_file);
+	note "starting webhook receiver $name";
+	while (1)
 	{
-		die "webhook receiver $p{name} exited before listening (see $base.out)"
-		  unless $h->pumpable;
-		die "webhook receiver $p{name} did not write $port_file in time"
+		$port_file = PostgreSQL::Test::Utils::tempdir() . '/port';
+		my @cmd = ('python3', $script, '--port' => $self->{port},
+			'--port-file' => $port_file,
+			($self->{tls}
+				? ('--tls-cert' => $self->{tls}[0], '--tls-key' => $self->{tls}[1],
+					'--tls-port-file' => "$port_file.tls")
+				: ()),
+			@{ $self->{args} });
+		$h = IPC::Run::start(\@cmd, '<', \undef, '>>', $out, '2>>', $out);
+		until (-s $port_file || !$h->pumpable
+			  || Time::HiRes::time() > $deadline)
+		{
+			Time::HiRes::usleep(20_000);
+		}
+		last if -s $port_file;
+		die "webhook receiver $name did not write $port_file in time"
 		  if Time::HiRes::time() > $deadline;
-		Time::HiRes::usleep(20_000);
+		$h->finish;
+		die "webhook receiver $name exited before listening (see $out)"
+		  unless $self->{port};
+		Time::HiRes::usleep(200_000);    # the port is still taken: again
 	}
 	my $port = PostgreSQL::Test::Utils::slurp_file($port_file);
 	chomp $port;
-	die "webhook receiver $p{name}: bad port file content '$port'" unless $port =~ /^\d+$/;
+	die "webhook receiver $name: bad port file content '$port'" unless $port =~ /^\d+$/;
 
-	my $tls_port;
-	if ($p{tls})
+	$self->{port} = $port;
+	if ($self->{tls})
 	{
-		$tls_port = PostgreSQL::Test::Utils::slurp_file("$port_file.tls");
-		chomp $tls_port;
+		# written before the port file
+		$self->{tls_port} = PostgreSQL::Test::Utils::slurp_file("$port_file.tls");
+		chomp $self->{tls_port};
 	}
-	my $self = bless {
-		name => $p{name},
-		port => $port,
-		tls_port => $tls_port,
-		harness => $h,
-		http => HTTP::Tiny->new(timeout => 30, keep_alive => 1),
-	}, $class;
+	$self->{harness} = $h;
+	$self->{http} = HTTP::Tiny->new(timeout => 30, keep_alive => 1);
 	push @running, $self;
-	note "webhook receiver $p{name} listens on 127.0.0.1:$port";
-	return $self;
+	note "webhook receiver $name listens on 127.0.0.1:$port";
+	return;
 }
 
 sub name { return $_[0]->{name}; }
 sub port { return $_[0]->{port}; }
+sub running { return defined $_[0]->{harness}; }
+
+# The receiver's log of webhook requests (JSON lines, kept across restarts)
+# and its journal of applied messages (JSON lines; journal => 1 only).
+sub request_log { return "$_[0]->{base}.requests"; }
+sub journal_file { return "$_[0]->{base}.journal"; }
 
 # url($path): the receiver's URL for a webhook path (default /hooks).
 sub url
@@ -187,11 +226,20 @@ sub wait_for
 sub last_stats { return $_[0]->{last_stats}; }
 
 # stop: SIGTERM (the receiver exits within a second), SIGKILL after 10 s.
+# stop(kill => 1): SIGKILL at once, as in a crash.
 sub stop
 {
-	my ($self) = @_;
+	my ($self, %p) = @_;
 	return unless $self->{harness};
-	$self->{harness}->kill_kill(grace => 10);
+	if ($p{kill})
+	{
+		$self->{harness}->signal('KILL');
+		eval { $self->{harness}->finish; };
+	}
+	else
+	{
+		$self->{harness}->kill_kill(grace => 10);
+	}
 	$self->{harness} = undef;
 	@running = grep { $_ != $self } @running;
 	return;

@@ -1,20 +1,16 @@
-# Crash safety and steady state of the outbox relay.
+# Crash safety of the outbox relay: kill -9 of the postmaster during a
+# publish storm (pgbench, some transactions rolling back) while the relay
+# works through a backlog.  The application records the id of every
+# message it commits in the same transaction.  NOTIFY is not durable, so
+# one listener runs before the crash and another after the restart;
+# together they must have received every committed message, except those
+# the relay sent in the very moment of the crash (sent, but lost with the
+# listener's connection), and never a message of a transaction that did
+# not commit.  The relay must not go on routing once the postmaster is
+# gone: nobody can receive notifications then.
 #
-# 1. kill -9 of the postmaster during a publish storm (pgbench, some
-#    transactions rolling back) while the relay works through a backlog.
-#    The application records the id of every message it commits in the
-#    same transaction.  NOTIFY is not durable, so one listener runs before
-#    the crash and another after the restart; together they must have
-#    received every committed message, except those the relay sent in the
-#    very moment of the crash (sent, but lost with the listener's
-#    connection), and never a message of a transaction that did not
-#    commit.  The relay must not go on routing once the postmaster is gone:
-#    nobody can receive notifications then.
-#
-# 2. A soak (EO_SOAK_SECONDS, default 60) publishing continuously with a
-#    retention of one second: the outbox stays small, the message log and
-#    the tables stop growing after a warm-up, and the relay's memory is
-#    flat.
+# The long run under load (bounded tables, flat relay memory) is the soak,
+# 060_soak.pl.
 
 use strict;
 use warnings FATAL => 'all';
@@ -30,8 +26,6 @@ use EOTest;
 use EONotify;
 
 my $timeout = $PostgreSQL::Test::Utils::timeout_default;
-my $soak_seconds = $ENV{EO_SOAK_SECONDS} // 60;
-die "EO_SOAK_SECONDS must be at least 15" unless $soak_seconds =~ /^\d+$/ && $soak_seconds >= 15;
 
 # A relay transaction that started before the kill may still commit after
 # it; none may start after it (this much allows for the measurement).
@@ -46,10 +40,8 @@ max_connections = 40
 shared_buffers = 16MB
 # Hundreds of thousands of statements: do not log them.
 log_statement = none
-# The soak relies on autovacuum to reuse the space of purged rows.
-autovacuum_naptime = 1s
-# Housekeeping (the purge) every second.  The retention stays at its
-# default (a day) until the soak, so that part 1 can inspect the log.
+# Housekeeping every second.  The retention stays at its default (a day),
+# so that the checks can inspect the message log.
 eo.relay_naptime = 1
 });
 $node->start;
@@ -66,10 +58,6 @@ $node->poll_query_until('postgres',
 	q{SELECT count(*) = 1 FROM eo.relay_status
 	   WHERE datname = 'postgres' AND pid IS NOT NULL AND state = 'idle'})
   or die 'the relay did not start';
-
-######################################################################
-# 1. kill -9 of the postmaster during a publish storm
-######################################################################
 
 my $before = EONotify->new($node, 'postgres', 'eo_app');
 
@@ -224,104 +212,6 @@ is($bad_missing, 0,
 
 $before->close;
 $after->close;
-
-######################################################################
-# 2. Soak: publishing continuously, purging after one second
-######################################################################
-
-$node->safe_psql(
-	'postgres', q{
-ALTER SYSTEM SET eo.outbox_retention = '1s';
-SELECT pg_reload_conf();
-TRUNCATE app_committed, recv;
-});
-$node->poll_query_until('postgres', q{SELECT current_setting('eo.outbox_retention') = '1s'})
-  or die 'reload did not happen';
-# Start from an empty log and compact tables, so that the free space left
-# by part 1 does not hide growth: purge at once, then rewrite the tables.
-$node->safe_psql('postgres', 'SELECT eo.purge_delivered()');
-$node->safe_psql('postgres',
-	'VACUUM FULL eo.message_log, eo.outbox, eo.outbox_key, eo.delivery, eo.destination_stats');
-
-my $relay_pid = eo_relay_pid($node, 'postgres');
-my $soak_listener = EONotify->new($node, 'postgres', 'eo_app');
-my $rate = 300;    # transactions per second, 2 messages each
-my $soak = eo_pgbench_start(
-	$node,
-	dbname => 'postgres',
-	name => 'soak',
-	clients => 2,
-	duration => $soak_seconds,
-	options => [ '--rate' => $rate ],
-	script => q{
-\set k random(1, 50)
-BEGIN;
-SELECT eo.publish('app.soak', jsonb_build_object('k', :k, 'pad', repeat('p', 200)), 'k' || :k);
-SELECT eo.publish('app.soak', 'unkeyed ' || :k);
-COMMIT;
-});
-
-my $sizes_sql = q{
-	SELECT (SELECT count(*) FROM eo.outbox),
-	       (SELECT count(*) FROM eo.message_log),
-	       pg_total_relation_size('eo.outbox'),
-	       pg_total_relation_size('eo.message_log'),
-	       pg_total_relation_size('eo.outbox_key'),
-	       pg_total_relation_size('eo.delivery'),
-	       pg_total_relation_size('eo.destination_stats')};
-my @samples;
-my $t_start = Time::HiRes::time();
-my $next_sample = $t_start + 2;
-while (Time::HiRes::time() < $t_start + $soak_seconds)
-{
-	# Keep reading notifications; take a sample every 2 seconds.
-	$soak_listener->drain(0.5);
-	next if Time::HiRes::time() < $next_sample;
-	$next_sample += 2;
-	my %s;
-	@s{qw(outbox log outbox_size log_size key_size delivery_size stats_size)} =
-	  split /\|/, $node->safe_psql('postgres', $sizes_sql);
-	$s{tables} = $s{outbox_size} + $s{log_size} + $s{key_size} + $s{delivery_size} + $s{stats_size};
-	my $st = eo_proc_status($relay_pid) // {};
-	$s{rss} = $st->{VmRSS} // 0;
-	$s{anon} = $st->{RssAnon} // 0;
-	$s{t} = Time::HiRes::time() - $t_start;
-	push @samples, \%s;
-	note sprintf('%5.1fs outbox %5d log %6d tables %6d kB relay VmRSS %6d kB RssAnon %6d kB',
-		$s{t}, $s{outbox}, $s{log}, $s{tables} / 1024, $s{rss}, $s{anon});
-}
-my $soak_result = eo_pgbench_finish($soak);
-is($soak_result->{rc}, 0, 'soak publisher ran without error');
-$soak_listener->drain(1);
-
-# Warm-up: the first third.  Afterwards nothing may grow beyond the
-# warm-up's peak by more than the tolerance.
-my @warm = grep { $_->{t} <= $soak_seconds / 3 } @samples;
-my @late = grep { $_->{t} > $soak_seconds / 2 } @samples;
-sub peak { my ($key, @s) = @_; my $m = 0; for (@s) { $m = $_->{$key} if $_->{$key} > $m } return $m; }
-
-ok(@warm >= 2 && @late >= 2, 'soak took samples during warm-up and at the end');
-my $published = 2 * ($soak_result->{processed} // 0);
-ok($published > $rate * $soak_seconds, "soak published $published messages");
-
-cmp_ok(peak('outbox', @samples), '<', 2000, 'eo.outbox stays small (under 2000 messages)');
-cmp_ok(peak('log', @late), '<=', peak('log', @warm) * 1.5 + 500,
-	'eo.message_log stays bounded (purged after eo.outbox_retention)');
-cmp_ok(peak('log', @late), '<', 10 * 2 * $rate,
-	'eo.message_log holds seconds of messages, not the whole soak');
-my $tolerance = 1024 * 1024;
-cmp_ok(peak('tables', @late), '<=', peak('tables', @warm) * 1.25 + $tolerance,
-	'the size of the outbox tables stops growing after the warm-up');
-cmp_ok(peak('anon', @late), '<=', peak('anon', @warm) + 2048,
-	'relay private memory (RssAnon) is flat after the warm-up (+2 MB)');
-cmp_ok(peak('rss', @late), '<=', peak('rss', @warm) + 16 * 1024 + 2048,
-	'relay VmRSS is flat after the warm-up (+ shared_buffers touched + 2 MB)');
-
-is(eo_relay_pid($node, 'postgres'), $relay_pid, 'the relay worker ran through the soak');
-my $soak_received = grep { ($_->{payload} =~ /"topic": "app\.soak"/) } $soak_listener->notifications;
-cmp_ok($soak_received, '>=', $published * 0.99, "the listener received the soak messages ($soak_received)");
-
-$soak_listener->close;
 $node->stop;
 
 done_testing();
