@@ -157,6 +157,8 @@ option_int(const char *name, const JsonbValue *v, int min, int max)
 	text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
 	errno = 0;
 	n = strtol(text, &end, 10);
+	if (*end == '.')			/* 15000.0 is the integer 15000 */
+		end += strspn(end + 1, "0") + 1;
 	if (*end != '\0' || errno != 0 || n < min || n > max)
 		bad_option(name, psprintf("an integer between %d and %d", min, max));
 	return (int) n;
@@ -174,6 +176,7 @@ parse_url(const char *url, int len, DestinationConfig *cfg)
 	char	   *scheme = NULL;
 	char	   *host = NULL;
 	char	   *user = NULL;
+	char	   *port = NULL;
 	char	   *copy = pnstrdup(url, len);
 	const char *problem = NULL;
 
@@ -193,6 +196,8 @@ parse_url(const char *url, int len, DestinationConfig *cfg)
 		problem = "it has no host";
 	else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
 		problem = "it must not contain a user name or password (send credentials in \"headers\")";
+	else if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && strcmp(port, "0") == 0)
+		problem = "port 0 cannot be connected to";
 	else
 	{
 		cfg->url = copy;
@@ -201,6 +206,7 @@ parse_url(const char *url, int len, DestinationConfig *cfg)
 	curl_free(scheme);
 	curl_free(host);
 	curl_free(user);
+	curl_free(port);
 	curl_url_cleanup(u);
 	if (problem != NULL)
 		ereport(ERROR,
