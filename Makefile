@@ -19,6 +19,7 @@ OBJS = \
 	src/outbox.o \
 	src/envelope.o \
 	src/destination.o \
+	src/http_options.o \
 	src/relay_shmem.o \
 	src/relay_launcher.o \
 	src/relay_worker.o \

@@ -58,6 +58,13 @@ typedef struct DestinationConfig
 extern void eo_parse_destination(const char *kind, Jsonb *options,
 								 DestinationConfig *cfg);
 extern int64 eo_retry_delay_us(const DestinationConfig *cfg, int attempts);
+extern void eo_bad_option(const char *option, const char *expected) pg_attribute_noreturn();
+extern int	eo_option_int(const char *name, const JsonbValue *v, int min, int max);
+
+/* http_options.c */
+extern bool eo_parse_http_option(const char *name, const JsonbValue *v,
+								 DestinationConfig *cfg);
+extern void eo_check_may_configure_http(void);
 extern bool eo_http_host_allowed(const char *host);
 extern bool eo_http_header_name_ok(const char *name, int len);
 extern bool eo_http_header_value_ok(const char *value, int len);

@@ -1,0 +1,372 @@
+/*-------------------------------------------------------------------------
+ *
+ * http_options.c
+ *	  The options of http destinations (see destination.c for the list):
+ *	  the URL, checked with libcurl's own parser; headers, checked to be
+ *	  sendable (also those of messages, at publish time); Standard Webhooks
+ *	  signing secrets; the host allowlist eo.http_allowed_hosts; and who
+ *	  may configure http destinations at all.
+ *
+ *	  Errors name the option, never its value: header values and secrets
+ *	  may be credentials.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "common/base64.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/formatting.h"
+#include "utils/jsonb.h"
+#include "utils/rel.h"
+#include "utils/varlena.h"
+
+#include "destination.h"
+#include "relay.h"
+
+/* Standard Webhooks secrets: "whsec_" then base64 of 24 to 64 bytes. */
+#define EO_SECRET_PREFIX "whsec_"
+#define EO_SECRET_MIN_BYTES 24
+#define EO_SECRET_MAX_BYTES 64
+
+/*
+ * parse_url
+ *		Check an http destination's URL with libcurl's own parser (so what
+ *		is accepted is what the relay will request) and note its host.
+ */
+static void
+parse_url(const char *url, int len, DestinationConfig *cfg)
+{
+	CURLU	   *u;
+	char	   *scheme = NULL;
+	char	   *host = NULL;
+	char	   *user = NULL;
+	char	   *port = NULL;
+	char	   *copy = pnstrdup(url, len);
+	const char *problem = NULL;
+
+	if (len == 0 || len > EO_HTTP_MAX_URL_BYTES || strlen(copy) != (size_t) len)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"url\" must be 1 to %d bytes long", EO_HTTP_MAX_URL_BYTES)));
+	u = curl_url();
+	if (u == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	if (curl_url_set(u, CURLUPART_URL, copy, 0) != CURLUE_OK)
+		problem = "it is not a valid URL";
+	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
+		problem = "its scheme must be http or https";
+	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
+		problem = "it has no host";
+	else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
+		problem = "it must not contain a user name or password (send credentials in \"headers\")";
+	else if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && strcmp(port, "0") == 0)
+		problem = "port 0 cannot be connected to";
+	else
+	{
+		cfg->url = copy;
+		cfg->host = asc_tolower(host, strlen(host));
+	}
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(user);
+	curl_free(port);
+	curl_url_cleanup(u);
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"url\" is not usable: %s", problem)));
+}
+
+/* RFC 9110 token characters (header names). */
+bool
+eo_http_header_name_ok(const char *name, int len)
+{
+	if (len == 0)
+		return false;
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) name[i];
+
+		if (!(isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL) || c == '\0')
+			return false;
+	}
+	return true;
+}
+
+/* Header values: visible characters, spaces and tabs; never CR, LF, NUL. */
+bool
+eo_http_header_value_ok(const char *value, int len)
+{
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) value[i];
+
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * eo_http_header_line
+ *		"Name: value" for libcurl's header list; "Name;" for an empty value
+ *		(libcurl leaves out a header written "Name:").  palloc'd.
+ */
+char *
+eo_http_header_line(const char *name, int nlen, const char *value, int vlen)
+{
+	if (vlen == 0)
+		return psprintf("%.*s;", nlen, name);
+	return psprintf("%.*s: %.*s", nlen, name, vlen, value);
+}
+
+/* Headers the relay sets itself, which options and messages cannot set. */
+bool
+eo_http_header_reserved(const char *name, int len)
+{
+	static const char *const reserved[] = {
+		"content-length", "transfer-encoding", "host", "connection", "expect",
+		"idempotency-key", "webhook-id", "webhook-timestamp", "webhook-signature",
+		"eo-topic", "eo-key"
+	};
+
+	for (int i = 0; i < lengthof(reserved); i++)
+	{
+		if (strlen(reserved[i]) == (size_t) len && pg_strncasecmp(name, reserved[i], len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The "headers" option: an object of string values. */
+static void
+parse_headers(const JsonbValue *v, DestinationConfig *cfg)
+{
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbValue	val;
+	JsonbIteratorToken tok;
+	int			total = 0;
+
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		eo_bad_option("headers", "an object of header names and string values");
+	it = JsonbIteratorInit(v->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		if (tok != WJB_KEY)
+			continue;
+		if (JsonbIteratorNext(&it, &val, true) != WJB_VALUE || val.type != jbvString)
+			eo_bad_option("headers", "an object of header names and string values");
+		if (!eo_http_header_name_ok(k.val.string.val, k.val.string.len))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("header name \"%s\" is not a valid HTTP header name",
+							pnstrdup(k.val.string.val, k.val.string.len))));
+		if (eo_http_header_reserved(k.val.string.val, k.val.string.len))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("header \"%s\" is set by the relay and cannot be configured",
+							pnstrdup(k.val.string.val, k.val.string.len))));
+		/* The value is not repeated: it may be a credential. */
+		if (!eo_http_header_value_ok(val.val.string.val, val.val.string.len))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the value of header \"%s\" contains a control character",
+							pnstrdup(k.val.string.val, k.val.string.len))));
+		total += k.val.string.len + val.val.string.len + 4;
+		if (total > EO_HTTP_MAX_HEADER_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("option \"headers\" is longer than %d bytes", EO_HTTP_MAX_HEADER_BYTES)));
+		cfg->headers = lappend(cfg->headers,
+							   eo_http_header_line(k.val.string.val, k.val.string.len,
+												   val.val.string.val, val.val.string.len));
+	}
+}
+
+/*
+ * parse_secret
+ *		A Standard Webhooks secret, "whsec_" followed by the base64 of 24 to
+ *		64 random bytes.  Errors never show the secret.
+ */
+static void
+parse_secret(const JsonbValue *v, SigningSecret *out)
+{
+	const char *s;
+	int			len;
+	int			prefix = strlen(EO_SECRET_PREFIX);
+	int			declen;
+
+	if (v->type != jbvString)
+		eo_bad_option("signing_secret", "a string \"whsec_<base64>\" or an array of them");
+	s = v->val.string.val;
+	len = v->val.string.len;
+	if (len <= prefix || strncmp(s, EO_SECRET_PREFIX, prefix) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"signing_secret\" must start with \"%s\"", EO_SECRET_PREFIX),
+				 errhint("A Standard Webhooks secret is \"whsec_\" followed by the base64 encoding of 24 to 64 random bytes.")));
+	out->bytes = palloc(pg_b64_dec_len(len - prefix) + 1);
+	declen = pg_b64_decode(s + prefix, len - prefix, (char *) out->bytes,
+						   pg_b64_dec_len(len - prefix));
+	if (declen < EO_SECRET_MIN_BYTES || declen > EO_SECRET_MAX_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"signing_secret\" must be the base64 encoding of %d to %d bytes after \"%s\"",
+						EO_SECRET_MIN_BYTES, EO_SECRET_MAX_BYTES, EO_SECRET_PREFIX)));
+	out->len = declen;
+}
+
+/* Secrets: one string, or a non-empty array of them. */
+static void
+parse_secrets(const JsonbValue *v, DestinationConfig *cfg)
+{
+	if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	elem;
+		JsonbIteratorToken tok;
+		int			n = JsonContainerSize(v->val.binary.data);
+
+		if (n < 1 || n > EO_HTTP_MAX_SECRETS)
+			eo_bad_option("signing_secret", psprintf("a secret or an array of 1 to %d secrets",
+												  EO_HTTP_MAX_SECRETS));
+		cfg->secrets = palloc0(sizeof(SigningSecret) * n);
+		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		{
+			if (tok == WJB_ELEM)
+				parse_secret(&elem, &cfg->secrets[cfg->nsecrets++]);
+		}
+	}
+	else
+	{
+		cfg->secrets = palloc0(sizeof(SigningSecret));
+		parse_secret(v, &cfg->secrets[0]);
+		cfg->nsecrets = 1;
+	}
+}
+
+/*
+ * eo_parse_http_option
+ *		Handle one option of an http destination; false if "name" is not
+ *		an http-only option (the caller handles the common ones).
+ */
+bool
+eo_parse_http_option(const char *name, const JsonbValue *v, DestinationConfig *cfg)
+{
+	if (strcmp(name, "url") == 0)
+	{
+		if (v->type != jbvString)
+			eo_bad_option(name, "a string");
+		parse_url(v->val.string.val, v->val.string.len, cfg);
+	}
+	else if (strcmp(name, "headers") == 0)
+		parse_headers(v, cfg);
+	else if (strcmp(name, "signing_secret") == 0)
+		parse_secrets(v, cfg);
+	else if (strcmp(name, "timeout_ms") == 0)
+		cfg->timeout_ms = eo_option_int(name, v, 1, EO_HTTP_MAX_TIMEOUT_MS);
+	else if (strcmp(name, "concurrency") == 0)
+		cfg->concurrency = eo_option_int(name, v, 1, EO_HTTP_MAX_CONCURRENCY);
+	else if (strcmp(name, "tls_verify") == 0)
+	{
+		if (v->type != jbvBool)
+			eo_bad_option(name, "true or false");
+		cfg->tls_verify = v->val.boolean;
+	}
+	else
+		return false;
+	return true;
+}
+
+/*
+ * eo_http_host_allowed
+ *		Whether eo.http_allowed_hosts lets the relay connect to "host"
+ *		(lower case).  Entries are host names or addresses, compared
+ *		exactly, or "*.domain" for any host below domain; an empty list
+ *		allows every host.
+ */
+bool
+eo_http_host_allowed(const char *host)
+{
+	char	   *copy;
+	List	   *items;
+	ListCell   *lc;
+	bool		allowed = false;
+
+	if (eo_http_allowed_hosts == NULL || eo_http_allowed_hosts[0] == '\0')
+		return true;
+	copy = pstrdup(eo_http_allowed_hosts);
+	if (!SplitIdentifierString(copy, ',', &items))
+		return false;			/* cannot happen: the GUC check refused it */
+	foreach(lc, items)
+	{
+		const char *entry = lfirst(lc);
+		size_t		hl = strlen(host);
+		size_t		el = strlen(entry);
+
+		if (pg_strcasecmp(entry, host) == 0 ||
+			(strncmp(entry, "*.", 2) == 0 && hl > el - 1 &&
+			 pg_strcasecmp(host + hl - (el - 1), entry + 1) == 0))
+		{
+			allowed = true;
+			break;
+		}
+	}
+	list_free(items);
+	pfree(copy);
+	return allowed;
+}
+
+/* The owner of extension eo_processing. */
+static Oid
+extension_owner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("eo_processing"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+/*
+ * eo_check_may_configure_http
+ *		Only superusers and members of the extension owner's role decide
+ *		where the relay sends requests: anyone else could make the server
+ *		connect to internal addresses (SSRF).
+ */
+void
+eo_check_may_configure_http(void)
+{
+	Oid			owner = extension_owner();
+
+	if (superuser() || (OidIsValid(owner) && has_privs_of_role(GetUserId(), owner)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to configure http destinations"),
+			 errdetail("Only superusers and the owner of extension eo_processing may create or alter destinations of kind \"http\".")));
+}
