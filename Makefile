@@ -21,6 +21,7 @@ OBJS = \
 	src/destination.o \
 	src/http_options.o \
 	src/relay_shmem.o \
+	src/relay_config.o \
 	src/relay_launcher.o \
 	src/relay_worker.o \
 	src/database_guard.o \

@@ -77,7 +77,6 @@ extern int	eo_http_wait(long timeout_ms);
 extern void eo_http_forget_plans(void);
 
 /* relay_worker.c, for the dispatcher */
-extern List *eo_relay_current_destinations(void);
 extern void eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first);
 
 #endif							/* EO_HTTP_H */

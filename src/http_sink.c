@@ -49,6 +49,7 @@
 
 #include "http.h"
 #include "relay.h"
+#include "relay_config.h"
 
 /* A socket libcurl asked us to watch. */
 typedef struct WatchedSocket

@@ -267,7 +267,7 @@ wake_relay_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-			/* first of two bumps: see relay_worker.c, ensure_config() */
+			/* first of two bumps: see relay_config.c */
 			if (config_changed_at_commit)
 				eo_relay_config_changed(MyDatabaseId);
 			break;

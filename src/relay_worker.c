@@ -5,16 +5,20 @@
  *	  messages out of eo.outbox, routes them to the destinations whose
  *	  subscriptions match, and delivers them.
  *
- *	  Loop (read top-down):
+ *	  Loop (read top-down, from eo_relay_worker_main):
  *		wait on the latch (set when a publishing transaction commits; a
- *		long naptime is only a safety net) -> route a batch -> retry due
- *		deliveries -> housekeeping now and then -> wait again.
+ *		long naptime is only a safety net) and on the sockets of webhook
+ *		requests in flight -> route a batch -> retry due NOTIFY deliveries
+ *		-> an http step (http_sink.c) -> housekeeping now and then -> wait
+ *		again.  Destinations and subscriptions come from relay_config.c.
  *
  *	  Each step is one short transaction: claim with FOR UPDATE SKIP
  *	  LOCKED, deliver, record the result, commit.  NOTIFY deliveries are
  *	  queued inside that transaction, so a notification is sent exactly when
- *	  its delivery is recorded (PostgreSQL sends them at commit).  No
- *	  transaction stays open while waiting.
+ *	  its delivery is recorded (PostgreSQL sends them at commit).  HTTP
+ *	  deliveries are only recorded as pending here; the http step sends
+ *	  them outside any transaction.  No transaction stays open while
+ *	  waiting.
  *
  *	  Errors are caught per step: the transaction is aborted, the error is
  *	  logged (once per distinct message) and shown in eo.relay_status, the
@@ -60,18 +64,10 @@
 #include "http.h"
 #include "outbox.h"
 #include "relay.h"
+#include "relay_config.h"
 
 /* NOTIFY refuses payloads of this many bytes or more (see async.c). */
 #define EO_NOTIFY_MAX_PAYLOAD	(BLCKSZ - NAMEDATALEN - 128)
-
-/* A routing target: a subscription pattern and its destination. */
-typedef struct Route
-{
-	char	   *pattern;		/* topic, or prefix when is_prefix */
-	int			pattern_len;
-	bool		is_prefix;
-	DestinationConfig *dest;
-} Route;
 
 /* What one step decided, accumulated into arrays for set-based SQL. */
 typedef struct Outcome
@@ -92,30 +88,12 @@ static MemoryContext loop_cxt = NULL;
 static int	batch_limit = 0;	/* shrinks after errors, grows back */
 static bool deliveries_added = false;	/* the last routing batch held some */
 
-/*
- * Destinations and subscriptions, kept between batches in config_cxt and
- * reloaded when the slot's config_generation moves.  A statement trigger on
- * the tables bumps it twice: before the changing transaction commits and
- * again once its commit is visible.  The relay reads the generation after
- * the snapshot of its claim query was taken, and reloads with a newer
- * snapshot, so any change its claim could see is in the configuration it
- * routes with, and a reload that was too early is followed by another.
- */
-static MemoryContext config_cxt = NULL;
-static List *cached_dests = NIL;
-static List *cached_routes = NIL;
-static bool config_loaded = false;
-static uint32 config_seen = 0;
-static bool config_always_reload = false;	/* eo.relay_run(): no slot */
-static bool config_has_http = false;
 static int	consecutive_errors = 0;
 static char last_logged_error[EO_RELAY_ERROR_LEN];
 static TimestampTz last_logged_at = 0;
 
 /* Saved plans (prepared once per worker). */
 static SPIPlanPtr plan_claim = NULL;
-static SPIPlanPtr plan_routes = NULL;
-static SPIPlanPtr plan_dests = NULL;
 static SPIPlanPtr plan_blocked = NULL;
 static SPIPlanPtr plan_move = NULL;
 static SPIPlanPtr plan_hold = NULL;
@@ -261,158 +239,6 @@ deliver(const DestinationConfig *dest, const EoMessage *msg)
 }
 
 /*
- * load_destinations
- *		Every destination with its parsed configuration (a List of
- *		DestinationConfig allocated in "cxt"), read in the current
- *		transaction.  (SPI calls leave the SPI procedure context current,
- *		hence the explicit context.)
- */
-static List *
-load_destinations(MemoryContext cxt)
-{
-	List	   *dests = NIL;
-	MemoryContext spicxt;
-
-	eo_relay_prepare(&plan_dests,
-			"SELECT id, name, kind, options, enabled FROM eo.destination ORDER BY id",
-			0, NULL);
-	/* not read-only: a fresh snapshot, newer than the claim's */
-	if (SPI_execute_plan(plan_dests, NULL, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "eo_processing relay: could not read destinations");
-
-	spicxt = MemoryContextSwitchTo(cxt);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		DestinationConfig *dest = palloc0(sizeof(DestinationConfig));
-		bool		isnull;
-
-		eo_parse_destination(TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)),
-							 DatumGetJsonbP(SPI_getbinval(tup, desc, 4, &isnull)),
-							 dest);
-		dest->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		dest->name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		dest->enabled = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-		dests = lappend(dests, dest);
-	}
-	MemoryContextSwitchTo(spicxt);
-	return dests;
-}
-
-/* The destination with this id in a list from load_destinations(). */
-static DestinationConfig *
-find_destination(List *dests, int32 id)
-{
-	ListCell   *lc;
-
-	foreach(lc, dests)
-	{
-		if (((DestinationConfig *) lfirst(lc))->id == id)
-			return lfirst(lc);
-	}
-	return NULL;
-}
-
-/*
- * load_routes
- *		Every subscription, pointing at its destination in *dests (which
- *		this fills with load_destinations()).  Returns a List of Route; all
- *		of it is allocated in "cxt".
- */
-static List *
-load_routes(List **dests, MemoryContext cxt)
-{
-	List	   *routes = NIL;
-	MemoryContext spicxt;
-
-	*dests = load_destinations(cxt);
-	eo_relay_prepare(&plan_routes,
-			"SELECT topic, destination_id FROM eo.subscription ORDER BY destination_id, topic",
-			0, NULL);
-	if (SPI_execute_plan(plan_routes, NULL, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "eo_processing relay: could not read subscriptions");
-
-	spicxt = MemoryContextSwitchTo(cxt);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Route	   *r = palloc0(sizeof(Route));
-		bool		isnull;
-
-		r->dest = find_destination(*dests,
-								   DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)));
-		if (r->dest == NULL)
-			continue;			/* cannot happen: foreign key */
-		r->pattern = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-		r->pattern_len = strlen(r->pattern);
-		if (r->pattern_len > 0 && r->pattern[r->pattern_len - 1] == '*')
-		{
-			r->is_prefix = true;
-			r->pattern_len--;
-		}
-		routes = lappend(routes, r);
-	}
-	MemoryContextSwitchTo(spicxt);
-	return routes;
-}
-
-/*
- * ensure_config
- *		Load destinations and subscriptions unless the cached ones are
- *		current.  Call after the step's claim query has run.
- */
-static void
-ensure_config(void)
-{
-	uint32		generation;
-
-	pg_memory_barrier();
-	generation = (my_slot != NULL) ? my_slot->config_generation : 0;
-	if (config_loaded && !config_always_reload && config_seen == generation)
-		return;
-	config_loaded = false;
-	MemoryContextReset(config_cxt);
-	cached_dests = NIL;
-	cached_routes = load_routes(&cached_dests, config_cxt);
-	config_seen = generation;
-	config_loaded = true;
-	config_has_http = false;
-	{
-		ListCell   *lc;
-
-		foreach(lc, cached_dests)
-		{
-			if (((DestinationConfig *) lfirst(lc))->kind == DEST_HTTP)
-				config_has_http = true;
-		}
-	}
-}
-
-/*
- * eo_relay_current_destinations
- *		The destinations, reloaded if they changed; for the HTTP dispatcher
- *		(inside a transaction, SPI connected).  The list is only valid until
- *		the next reload.
- */
-List *
-eo_relay_current_destinations(void)
-{
-	ensure_config();
-	return cached_dests;
-}
-
-/* Does a route's pattern match a topic? */
-static bool
-route_matches(const Route *r, const char *topic)
-{
-	if (r->is_prefix)
-		return strncmp(topic, r->pattern, r->pattern_len) == 0;
-	return strcmp(topic, r->pattern) == 0;
-}
-
-/*
  * Keys with an unfinished delivery, per destination: "<dest id>/<key>".
  * Built per batch from eo.delivery, extended as the batch holds messages.
  */
@@ -554,6 +380,7 @@ route_batch(int limit)
 	Datum		claim_args[1];
 	SPITupleTable *claimed;
 	uint64		nclaimed;
+	const RelayConfig *config;
 	List	   *dests;
 	List	   *routes;
 	HTAB	   *blocked;
@@ -578,9 +405,9 @@ route_batch(int limit)
 	if (nclaimed == 0)
 		return 0;
 
-	ensure_config();
-	routes = cached_routes;
-	dests = cached_dests;
+	config = eo_relay_config();
+	routes = config->routes;
+	dests = config->dests;
 	blocked = blocked_keys_load();
 	delivered = palloc0(sizeof(int64) * (list_length(dests) + 1));
 	errors = palloc0(sizeof(char *) * (list_length(dests) + 1));
@@ -600,22 +427,22 @@ route_batch(int limit)
 
 		foreach(lc, routes)
 		{
-			Route	   *r = lfirst(lc);
+			RelayRoute *r = lfirst(lc);
 			DestinationConfig *dest = r->dest;
 			const char *error;
 			ListCell   *lc2;
 			bool		seen = false;
 
-			if (!route_matches(r, msg.topic))
+			if (!eo_relay_route_matches(r, msg.topic))
 				continue;
 			/* Two patterns of one destination matching: deliver once. */
 			foreach(lc2, routes)
 			{
-				Route	   *o = lfirst(lc2);
+				RelayRoute *o = lfirst(lc2);
 
 				if (o == r)
 					break;
-				if (o->dest == dest && route_matches(o, msg.topic))
+				if (o->dest == dest && eo_relay_route_matches(o, msg.topic))
 					seen = true;
 			}
 			if (seen)
@@ -750,8 +577,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 
 	if (ndue > 0)
 	{
-		ensure_config();
-		dests = cached_dests;
+		dests = eo_relay_config()->dests;
 		delivered = palloc0(sizeof(int64) * (list_length(dests) + 1));
 		errors = palloc0(sizeof(char *) * (list_length(dests) + 1));
 		outcome_init(&done);
@@ -769,7 +595,7 @@ retry_batch(int limit, TimestampTz *next_retry)
 
 			CHECK_FOR_INTERRUPTS();
 			eo_message_from_spi(&msg, tup, due->tupdesc, 3);
-			dest = find_destination(dests, dest_id);
+			dest = eo_relay_find_destination(dests, dest_id);
 			if (dest == NULL)
 				continue;		/* dropped meanwhile; the row goes with it */
 
@@ -1052,13 +878,13 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 static void
 forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_claim, &plan_routes, &plan_dests, &plan_blocked, &plan_move,
+	SPIPlanPtr *plans[] = {&plan_claim, &plan_blocked, &plan_move,
 		&plan_hold, &plan_stats, &plan_due, &plan_done, &plan_failed,
 		&plan_next_retry};
 
 	eo_relay_free_plans(plans, lengthof(plans));
 	eo_http_forget_plans();
-	config_loaded = false;
+	eo_relay_config_forget();
 }
 
 /* Exit cleanly if the extension is gone or the launcher let go of us. */
@@ -1119,11 +945,7 @@ eo_relay_run(PG_FUNCTION_ARGS)
 				 errmsg("max_messages must be at least 1")));
 	PreventCommandIfReadOnly("eo.relay_run()");
 
-	if (config_cxt == NULL)
-		config_cxt = AllocSetContextCreate(TopMemoryContext,
-										   "eo_processing relay configuration",
-										   ALLOCSET_SMALL_SIZES);
-	config_always_reload = true;	/* no generation counter here */
+	eo_relay_config_init(NULL);	/* no generation counter: always reload */
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "eo_processing: SPI_connect failed");
@@ -1186,8 +1008,7 @@ eo_relay_worker_main(Datum main_arg)
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing relay loop",
 									 ALLOCSET_DEFAULT_SIZES);
-	config_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing relay configuration",
-									   ALLOCSET_SMALL_SIZES);
+	eo_relay_config_init(my_slot);
 	MemoryContextSwitchTo(loop_cxt);
 	batch_limit = eo_relay_batch_size;
 
@@ -1264,8 +1085,7 @@ eo_relay_worker_main(Datum main_arg)
 			 * http destinations exist (or may have appeared).
 			 */
 			if (http_wanted &&
-				(config_has_http || !config_loaded || eo_http_work_waiting() ||
-				 my_slot->config_generation != config_seen))
+				(eo_relay_config_may_have_http() || eo_http_work_waiting()))
 			{
 				set_state(RELAY_SENDING);
 				http_ok = run_step(STEP_HTTP, &n, NULL);
