@@ -34,7 +34,7 @@
 # extension must be installed with "make install"; the clients need
 # python3 with psycopg 3: Debian package python3-psycopg):
 #
-#   EO_PG_BINDIR=/opt/pg-d/usr/lib/postgresql/15/bin test/bench/http_bench.sh
+#   EO_PG_BINDIR=<copy>/usr/lib/postgresql/15/bin test/bench/http_bench.sh
 #
 # Environment:
 #   BENCH_HTTP_MESSAGES=20000     backlog of parts 1 and 3
