@@ -7,7 +7,7 @@ CREATE EXTENSION IF NOT EXISTS eo_processing;
 SELECT eo.create_destination('hooks', 'http', '{
     "url": "https://hooks.example.com/eo?x=1",
     "headers": {"Authorization": "Bearer not-shown", "X-Tenant": "t1"},
-    "signing_secret": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_dGhpcyBpcyBhIHNlY29uZCB0ZXN0IHNlY3JldCE="],
+    "signing_secret": ["whsec_2Oif9aTeuVtsG62WJ/3k0XtFC8+t5kJR", "whsec_dGhpcyBpcyBhIHNlY29uZCB0ZXN0IHNlY3JldCE="],
     "timeout_ms": 2000, "concurrency": 4, "max_attempts": 5,
     "retry_delays": ["1s", "10s"], "tls_verify": false}');
 SELECT eo.create_destination('plain', 'http', '{"url": "http://127.0.0.1:9/x"}');
