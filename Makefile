@@ -29,7 +29,8 @@ OBJS = \
 	src/http_sink.o
 
 DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql \
-	eo_processing--0.2.0--0.3.0.sql eo_processing--0.3.0--0.4.0.sql
+	eo_processing--0.2.0--0.3.0.sql eo_processing--0.3.0--0.4.0.sql \
+	eo_processing--0.4.0--0.4.1.sql
 PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -40,7 +41,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 	-Wno-sign-compare $(EO_CFLAGS)
 
 # pg_regress: sql/ and expected/ at the top level.
-REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
+REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors destinations grants \
 	http_options keys reconcile hostile_input upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf

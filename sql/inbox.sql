@@ -71,6 +71,33 @@ SELECT msg_id, CASE WHEN expires_at = 'infinity' THEN 'forever'
   FROM eo.inbox WHERE consumer = 'ret' ORDER BY msg_id;
 SHOW eo.dedup_retention;
 
+-- Every spelling of the call finds the right overload: named arguments
+-- with or without consumer, untyped literals (text: 'infinity' works),
+-- typed intervals, NULL (the default retention), prepared parameters.
+SELECT eo.process('n-1', retain => 'infinity') AS named_infinity,
+       eo.process('n-2', retain => '2 days') AS named_text,
+       eo.process('n-3', retain => interval '3 hours') AS named_interval,
+       eo.process('n-4', retain => NULL) AS named_null,
+       eo.process('n-5', consumer => 'named', retain => 'infinity') AS both_named,
+       eo.process('n-6', retain => interval '1 hour', consumer => 'named') AS both_named_interval,
+       eo.process('n-7', consumer => 'named') AS consumer_only,
+       eo.process('n-8', 'named', NULL) AS positional_null;
+PREPARE by_interval(text, text, interval) AS SELECT eo.process($1, $2, $3);
+PREPARE by_text(text, text, text) AS SELECT eo.process($1, $2, $3);
+PREPARE by_unknown AS SELECT eo.process($1, $2, $3);
+EXECUTE by_interval('n-9', 'named', '5 hours');
+EXECUTE by_text('n-10', 'named', 'infinity');
+EXECUTE by_unknown('n-11', 'named', '6 hours');
+SELECT consumer, msg_id, CASE WHEN expires_at = 'infinity' THEN 'forever'
+            ELSE (expires_at - processed_at)::text END AS remembered_for
+  FROM eo.inbox WHERE msg_id LIKE 'n-%' ORDER BY consumer, length(msg_id), msg_id;
+-- Duplicates through another overload are duplicates.
+SELECT eo.process('n-1', 'default', interval '1 hour') AS n1_again,
+       eo.process('n-3') AS n3_again;
+DEALLOCATE by_interval;
+DEALLOCATE by_text;
+DEALLOCATE by_unknown;
+
 -- Expired records stop deduplicating and are taken over; their result
 -- is gone.  (Records are aged by rewriting expires_at.)
 SELECT eo.process('old', 'exp');

@@ -7,15 +7,7 @@ CREATE ROLE regress_eo_operator;
 
 -- The grant the README documents for application roles (Privileges),
 -- idempotency keys included.
-GRANT USAGE ON SCHEMA eo TO regress_eo_app;
-GRANT EXECUTE ON FUNCTION eo.process(text, text, interval),
-  eo.process(text, text, text), eo.process_seq(text, bigint, text),
-  eo.set_result(text, jsonb, text), eo.result(text, text),
-  eo.publish(text, jsonb, text, jsonb), eo.publish(text, text, text, jsonb),
-  eo.message(uuid) TO regress_eo_app;
-GRANT EXECUTE ON FUNCTION eo.key_begin(text, jsonb, text, interval),
-  eo.key_checkpoint(text, text, text, bigint), eo.key_complete(text, jsonb, text, bigint),
-  eo.key_release(text, text, bigint) TO regress_eo_app;
+SELECT eo.grant_application('regress_eo_app');
 -- An operator role that purges without any table privilege.
 GRANT USAGE ON SCHEMA eo TO regress_eo_operator;
 GRANT EXECUTE ON FUNCTION eo.purge_expired(bigint) TO regress_eo_operator;
@@ -85,9 +77,7 @@ DROP FUNCTION public.now();
 -- members of the owning role can.
 CREATE ROLE regress_eo_app2;
 CREATE ROLE regress_eo_app_member IN ROLE regress_eo_app;
-GRANT USAGE ON SCHEMA eo TO regress_eo_app2;
-GRANT EXECUTE ON FUNCTION eo.process(text, text, interval),
-  eo.set_result(text, jsonb, text), eo.result(text, text) TO regress_eo_app2;
+SELECT eo.grant_consumer('regress_eo_app2');
 SET ROLE regress_eo_app;
 SELECT eo.process('owned-1', 'payments') AS first;
 SELECT eo.set_result('owned-1', '{"charge": "ch_1"}', 'payments');
@@ -100,9 +90,7 @@ SELECT eo.result('owned-1', 'payments') AS member_reads;
 RESET ROLE;
 SELECT eo.result('owned-1', 'payments') AS superuser_reads,
        result_owner FROM eo.inbox WHERE msg_id = 'owned-1';
-REVOKE ALL ON FUNCTION eo.process(text, text, interval),
-  eo.set_result(text, jsonb, text), eo.result(text, text) FROM regress_eo_app2;
-REVOKE ALL ON SCHEMA eo FROM regress_eo_app2;
+DROP OWNED BY regress_eo_app2;
 DROP ROLE regress_eo_app2, regress_eo_app_member;
 
 \set VERBOSITY default

@@ -62,6 +62,30 @@ SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 SELECT count(*) AS inbox_rows, (SELECT count(*) FROM eo.outbox) AS queued,
        (SELECT count(*) FROM eo.destination) AS destinations FROM eo.inbox;
 SELECT state, recovery_point, response FROM eo.key_begin('upgrade-key', '{"amount": 1}');
+SELECT eo.publish('before.0.4.1', '{"old": true}'::jsonb) AS old_msg \gset
+
+-- 0.4.1: the eo.process overloads, who published a message, destination
+-- operations, grant helpers.
+ALTER EXTENSION eo_processing UPDATE TO '0.4.1';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+-- A role granted the interval overload keeps every call it could make,
+-- and may now write retain => 'infinity' ...
+SET ROLE regress_eo_upgrade_app;
+SELECT eo.process('m-10') AS plain, eo.process('m-11', 'billing') AS with_consumer,
+       eo.process('m-12', retain => interval '1 day') AS named_interval,
+       eo.process('m-13', retain => 'infinity') AS named_infinity;
+RESET ROLE;
+-- ... while those grants stay the user's (pg_dump dumps them), not the
+-- extension's initial privileges.
+SELECT count(*) AS init_privs_naming_the_app
+  FROM pg_init_privs
+ WHERE objoid IN ('eo.process(text,text,text)'::regprocedure, 'eo.process(text,interval)'::regprocedure)
+   AND initprivs::text LIKE '%regress_eo_upgrade_app%';
+-- A message published before has no publisher and stays readable.
+SELECT published_by IS NULL AS no_publisher, eo.message(:'old_msg') -> 'payload' AS payload
+  FROM eo.outbox WHERE id = :'old_msg';
+SELECT eo.publish('after.0.4.1', '{"new": true}'::jsonb) AS new_msg \gset
+SELECT published_by FROM eo.outbox WHERE id = :'new_msg';
 \dx+ eo_processing
 
 -- Remember what the upgrade produced: every member object with its
@@ -122,6 +146,10 @@ SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 GRANT USAGE ON SCHEMA eo TO regress_eo_upgrade_app;
 GRANT EXECUTE ON FUNCTION eo.process(text, text, interval) TO regress_eo_upgrade_app;
 GRANT EXECUTE ON FUNCTION eo.result(text, text) TO regress_eo_upgrade_app;
+-- (0.4.1 gave the grantees of the interval overload the two overloads that
+-- now serve its calls.)
+GRANT EXECUTE ON FUNCTION eo.process(text, text, text), eo.process(text, interval)
+    TO regress_eo_upgrade_app;
 
 -- Same objects (none missing, none extra) ...
 (SELECT what FROM member_signature EXCEPT SELECT what FROM pg_temp.members())

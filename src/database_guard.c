@@ -13,8 +13,9 @@
  *	  the database still exists afterwards, the launcher starts the relay
  *	  again.
  *
- *	  DROP EXTENSION eo_processing lets the database's relay go at commit
- *	  (it would otherwise notice only at its next wake-up).
+ *	  DROP EXTENSION eo_processing warns about the undelivered messages and
+ *	  dead deliveries it discards, and lets the database's relay go at
+ *	  commit (it would otherwise notice only at its next wake-up).
  *
  *	  The same hook wakes the relay after COMMIT PREPARED: a prepared
  *	  transaction that published commits in another session, where the
@@ -24,14 +25,19 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/utility.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "eo_processing.h"
@@ -107,6 +113,62 @@ stop_relay_of(const char *datname)
 	LWLockRelease(eo_relay->lock);
 }
 
+/*
+ * warn_undelivered
+ *		DROP EXTENSION eo_processing discards the outbox and every delivery
+ *		with it.  Before the drop runs, say how many messages are still to
+ *		be delivered (not yet routed, or with an unfinished delivery) and
+ *		how many deliveries are dead, so the loss is never silent.  Runs in
+ *		the dropping transaction with its snapshot; reads nothing when the
+ *		extension is not installed in this database.  Objects of versions
+ *		without an outbox (0.1.0) are skipped.
+ */
+static void
+warn_undelivered(void)
+{
+	bool		pushed = false;
+	int64		unrouted = 0;
+	int64		unfinished = 0;
+	int64		dead = 0;
+	Oid			nsp;
+
+	if (!OidIsValid(get_extension_oid("eo_processing", true)))
+		return;
+	nsp = get_namespace_oid(EO_SCHEMA_NAME, true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("delivery", nsp)) ||
+		!OidIsValid(get_relname_relid("outbox", nsp)))
+		return;
+
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
+	SPI_connect();
+	if (SPI_execute("SELECT (SELECT count(*) FROM eo.outbox),"
+					"       (SELECT count(*) FROM eo.delivery WHERE state <> 'dead'),"
+					"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')",
+					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		unrouted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		unfinished = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		dead = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	}
+	SPI_finish();
+	if (pushed)
+		PopActiveSnapshot();
+
+	if (unrouted + unfinished + dead > 0)
+		ereport(WARNING,
+				(errmsg("dropping extension eo_processing discards " INT64_FORMAT " undelivered messages and " INT64_FORMAT " dead deliveries",
+						unrouted + unfinished, dead),
+				 errdetail("Not yet routed: " INT64_FORMAT "; deliveries pending, retrying or in flight: " INT64_FORMAT ".",
+						   unrouted, unfinished),
+				 errhint("To keep them, roll back; let the relay deliver them (see eo.stats) and redrive or inspect the dead deliveries before dropping.")));
+}
+
 /* The template of CREATE DATABASE, if one is named. */
 static const char *
 createdb_template(CreatedbStmt *stmt)
@@ -154,7 +216,10 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				foreach(lc, ((DropStmt *) parsetree)->objects)
 				{
 					if (strcmp(strVal(lfirst(lc)), "eo_processing") == 0)
+					{
+						warn_undelivered();
 						eo_relay_stop_database_at_commit();
+					}
 				}
 			}
 			break;

@@ -46,6 +46,7 @@
 
 PG_FUNCTION_INFO_V1(eo_process);
 PG_FUNCTION_INFO_V1(eo_process_retain_text);
+PG_FUNCTION_INFO_V1(eo_process_retain_interval);
 PG_FUNCTION_INFO_V1(eo_set_result);
 PG_FUNCTION_INFO_V1(eo_result);
 PG_FUNCTION_INFO_V1(eo_forget);
@@ -209,27 +210,57 @@ process_message(text *consumer, text *msg_id, TimestampTz now,
 }
 
 /*
- * eo.process(msg_id text, consumer text DEFAULT 'default',
- *			  retain interval DEFAULT NULL) RETURNS boolean
+ * process_retain_interval
+ *		Common body of the overloads whose retention is an interval:
+ *		msg_id is argument 0, retain argument "retain_arg" (NULL: the
+ *		default retention) and the consumer argument 1, or "default" when
+ *		the overload has no consumer argument.
+ */
+static bool
+process_retain_interval(FunctionCallInfo fcinfo, int retain_arg, bool has_consumer)
+{
+	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
+	text	   *consumer;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz expires;
+
+	consumer = has_consumer ? eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES) :
+		cstring_to_text("default");
+	if (PG_ARGISNULL(retain_arg))
+		expires = eo_expiry_default(now);
+	else
+		expires = eo_expiry_from_interval(now, PG_GETARG_INTERVAL_P(retain_arg));
+
+	return process_message(consumer, msg_id, now, expires);
+}
+
+/*
+ * eo.process(msg_id text, consumer text, retain interval) RETURNS boolean
+ *
+ * (Before 0.4.1 this overload had the defaults; the text overload has them
+ * now, so that retain => 'infinity' resolves to it.)
  */
 Datum
 eo_process(PG_FUNCTION_ARGS)
 {
-	text	   *msg_id = eo_text_arg(fcinfo, 0, "msg_id", EO_MAX_MSG_ID_BYTES);
-	text	   *consumer = eo_text_arg(fcinfo, 1, "consumer", EO_MAX_NAME_BYTES);
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	TimestampTz expires;
-
-	if (PG_ARGISNULL(2))
-		expires = eo_expiry_default(now);
-	else
-		expires = eo_expiry_from_interval(now, PG_GETARG_INTERVAL_P(2));
-
-	PG_RETURN_BOOL(process_message(consumer, msg_id, now, expires));
+	PG_RETURN_BOOL(process_retain_interval(fcinfo, 2, true));
 }
 
 /*
- * eo.process(msg_id text, consumer text, retain text) RETURNS boolean
+ * eo.process(msg_id text, retain interval) RETURNS boolean
+ *
+ * For the default consumer: serves eo.process(id, retain => interval '...'),
+ * which the text overload cannot take (no implicit cast to text).
+ */
+Datum
+eo_process_retain_interval(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(process_retain_interval(fcinfo, 1, false));
+}
+
+/*
+ * eo.process(msg_id text, consumer text DEFAULT 'default',
+ *			  retain text DEFAULT NULL) RETURNS boolean
  *
  * The same, with the retention given as text so that 'infinity' can be
  * written on PostgreSQL versions whose interval type has no infinity.

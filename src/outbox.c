@@ -29,8 +29,10 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -54,7 +56,20 @@ enum
 	OUTBOX_HEADERS,
 	OUTBOX_PAYLOAD,
 	OUTBOX_PAYLOAD_TEXT,
+	OUTBOX_PUBLISHED_BY,		/* since 0.4.1 */
 	OUTBOX_NCOLUMNS
+};
+
+/* The first seven columns of a message, shared by eo.outbox and the log. */
+#define MESSAGE_NCOLUMNS (OUTBOX_PAYLOAD_TEXT + 1)
+
+/* eo.message_log's own columns, after the first seven. */
+enum
+{
+	LOG_ROUTED_AT = MESSAGE_NCOLUMNS,
+	LOG_DESTINATIONS,
+	LOG_PUBLISHED_BY,			/* since 0.4.1 */
+	LOG_NCOLUMNS
 };
 
 static const KeyedTableColumn outbox_columns[OUTBOX_NCOLUMNS] = {
@@ -65,9 +80,10 @@ static const KeyedTableColumn outbox_columns[OUTBOX_NCOLUMNS] = {
 	{"headers", JSONBOID},
 	{"payload", JSONBOID},
 	{"payload_text", TEXTOID},
+	{"published_by", REGROLEOID, true},
 };
 
-static const KeyedTableColumn message_log_columns[] = {
+static const KeyedTableColumn message_log_columns[LOG_NCOLUMNS] = {
 	{"id", UUIDOID},
 	{"published_at", TIMESTAMPTZOID},
 	{"topic", TEXTOID},
@@ -77,6 +93,7 @@ static const KeyedTableColumn message_log_columns[] = {
 	{"payload_text", TEXTOID},
 	{"routed_at", TIMESTAMPTZOID},
 	{"destinations", INT4OID},
+	{"published_by", REGROLEOID, true},
 };
 
 enum
@@ -388,6 +405,11 @@ publish(FunctionCallInfo fcinfo, bool payload_is_jsonb)
 		slot->tts_values[col] = PG_GETARG_DATUM(1);
 		slot->tts_isnull[col] = false;
 	}
+	if (kt_has_column(kt, OUTBOX_PUBLISHED_BY))
+	{
+		slot->tts_values[OUTBOX_PUBLISHED_BY] = ObjectIdGetDatum(GetUserId());
+		slot->tts_isnull[OUTBOX_PUBLISHED_BY] = false;
+	}
 	ExecStoreVirtualTuple(slot);
 	kt_insert_plain(kt);
 	kt_close(kt);
@@ -423,11 +445,43 @@ eo_publish_text(PG_FUNCTION_ARGS)
 }
 
 /*
+ * check_message_access
+ *		A message may be read by the role that published it and that role's
+ *		members, and by roles that may read eo.message_log (operators, the
+ *		extension's owner, superusers).  Messages published before 0.4.1
+ *		have no publisher and stay readable as before.  Raises 42501.
+ */
+static void
+check_message_access(KeyedTable *kt, int publisher_column, pg_uuid_t *id)
+{
+	bool		isnull;
+	Datum		publisher;
+	Oid			log;
+
+	if (!kt_has_column(kt, publisher_column))
+		return;
+	publisher = slot_getattr(kt->oldslot, publisher_column + 1, &isnull);
+	if (isnull || has_privs_of_role(GetUserId(), DatumGetObjectId(publisher)))
+		return;
+	log = get_relname_relid("message_log", RelationGetNamespace(kt->rel));
+	if (OidIsValid(log) && pg_class_aclcheck(log, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to read message %s",
+					DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)))),
+			 errdetail("A message can be read by the role that published it, the members of that role, and roles that may read eo.message_log."),
+			 errhint("An operator role gets that right from eo.grant_operator().")));
+}
+
+/*
  * eo.message(id uuid) RETURNS jsonb
  *
  * The message with this id, as the relay's envelope but never truncated;
  * NULL when no such message is kept (unknown, or purged).  Reads the
  * outbox (not yet routed) and the message log with the caller's snapshot.
+ * Access is checked per message (check_message_access); the right to read
+ * a not-yet-routed message is the right to read eo.message_log as well.
  */
 Datum
 eo_message(PG_FUNCTION_ARGS)
@@ -435,7 +489,8 @@ eo_message(PG_FUNCTION_ARGS)
 	pg_uuid_t  *id = PG_GETARG_UUID_P(0);
 	static const char *const tables[] = {"outbox", "message_log"};
 	static const KeyedTableColumn *const columns[] = {outbox_columns, message_log_columns};
-	static const int ncolumns[] = {OUTBOX_NCOLUMNS, lengthof(message_log_columns)};
+	static const int ncolumns[] = {OUTBOX_NCOLUMNS, LOG_NCOLUMNS};
+	static const int publisher_columns[] = {OUTBOX_PUBLISHED_BY, LOG_PUBLISHED_BY};
 	char	   *envelope = NULL;
 
 	for (int i = 0; i < lengthof(tables) && envelope == NULL; i++)
@@ -451,6 +506,7 @@ eo_message(PG_FUNCTION_ARGS)
 		{
 			EoMessage	msg;
 
+			check_message_access(kt, publisher_columns[i], id);
 			eo_message_from_slot(&msg, kt->oldslot);
 			MemoryContextSwitchTo(kt->callercxt);
 			envelope = eo_envelope(&msg, 0);
@@ -476,7 +532,7 @@ eo_message_from_slot(EoMessage *msg, TupleTableSlot *slot)
 	Datum		d;
 
 	memset(msg, 0, sizeof(EoMessage));
-	slot_getsomeattrs(slot, OUTBOX_NCOLUMNS);
+	slot_getsomeattrs(slot, MESSAGE_NCOLUMNS);
 	msg->id = *DatumGetUUIDP(slot->tts_values[OUTBOX_ID]);
 	msg->published_at = DatumGetTimestampTz(slot->tts_values[OUTBOX_PUBLISHED_AT]);
 	msg->topic = TextDatumGetCString(slot->tts_values[OUTBOX_TOPIC]);

@@ -39,6 +39,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type_d.h"
 #include "commands/async.h"
+#include "catalog/namespace.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -54,6 +55,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -96,6 +98,7 @@ static TimestampTz last_logged_at = 0;
 static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_blocked = NULL;
 static SPIPlanPtr plan_move = NULL;
+static bool plan_move_publisher = false;	/* plan_move copies published_by */
 static SPIPlanPtr plan_hold = NULL;
 static SPIPlanPtr plan_stats = NULL;
 static SPIPlanPtr plan_due = NULL;
@@ -129,6 +132,32 @@ eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 		*plan = p;
 	}
 	return *plan;
+}
+
+/*
+ * messages_have_publisher
+ *		Whether eo.outbox and eo.message_log have the published_by column
+ *		(since 0.4.1).  The library also serves the objects of older
+ *		versions, between its installation and ALTER EXTENSION UPDATE, so
+ *		the statements that copy a message name the column only when it is
+ *		there.  Two syscache lookups per table; call once per batch.
+ */
+static bool
+messages_have_publisher(void)
+{
+	Oid			nsp = get_namespace_oid(EO_SCHEMA_NAME, true);
+	static const char *const tables[] = {"outbox", "message_log"};
+
+	if (!OidIsValid(nsp))
+		return false;
+	for (int i = 0; i < lengthof(tables); i++)
+	{
+		Oid			rel = get_relname_relid(tables[i], nsp);
+
+		if (!OidIsValid(rel) || get_attnum(rel, "published_by") == InvalidAttrNumber)
+			return false;
+	}
+	return true;
 }
 
 /* Free kept plans (after an error they may refer to dropped objects). */
@@ -494,14 +523,26 @@ route_batch(int limit)
 		Oid			types[2] = {UUIDARRAYOID, INT4ARRAYOID};
 		Datum		values[2] = {array_of(moved_ids), array_of(moved_routes)};
 
+		bool		publisher = messages_have_publisher();
+
+		if (plan_move != NULL && publisher != plan_move_publisher)
+		{
+			SPI_freeplan(plan_move);
+			plan_move = NULL;
+		}
+		plan_move_publisher = publisher;
+#define MOVE_SQL(extra_column) \
+				"WITH m AS (DELETE FROM eo.outbox o WHERE o.id = ANY ($1) RETURNING o.*)" \
+				" INSERT INTO eo.message_log" \
+				"   (id, published_at, topic, key, headers, payload, payload_text, routed_at, destinations" \
+				extra_column ")" \
+				" SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text," \
+				"        now(), r.n" extra_column \
+				"   FROM m JOIN unnest($1, $2) AS r(id, n) ON r.id = m.id"
 		eo_relay_prepare(&plan_move,
-				"WITH m AS (DELETE FROM eo.outbox o WHERE o.id = ANY ($1) RETURNING o.*)"
-				" INSERT INTO eo.message_log"
-				"   (id, published_at, topic, key, headers, payload, payload_text, routed_at, destinations)"
-				" SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text,"
-				"        now(), r.n"
-				"   FROM m JOIN unnest($1, $2) AS r(id, n) ON r.id = m.id",
-				2, types);
+						 publisher ? MOVE_SQL(", published_by") : MOVE_SQL(""),
+						 2, types);
+#undef MOVE_SQL
 		if (SPI_execute_plan(plan_move, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "eo_processing relay: could not move messages to eo.message_log");
 		if (SPI_processed != nclaimed)
@@ -730,19 +771,22 @@ quarantine_head(void)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(last_logged_error)};
 
-	if (SPI_execute_with_args(
-							  "WITH m AS ("
-							  "  DELETE FROM eo.outbox o"
-							  "   WHERE o.id = (SELECT id FROM eo.outbox ORDER BY id LIMIT 1)"
-							  "  RETURNING o.*),"
-							  " log AS ("
-							  "  INSERT INTO eo.message_log"
-							  "    (id, published_at, topic, key, headers, payload, payload_text, routed_at, destinations)"
-							  "  SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text, now(),"
-							  "         (SELECT count(DISTINCT s.destination_id) FROM eo.subscription s"
-							  "           WHERE s.topic = m.topic OR (right(s.topic, 1) = '*'"
-							  "                 AND starts_with(m.topic, left(s.topic, -1))))"
+#define QUARANTINE_SQL(extra_column) \
+							  "WITH m AS (" \
+							  "  DELETE FROM eo.outbox o" \
+							  "   WHERE o.id = (SELECT id FROM eo.outbox ORDER BY id LIMIT 1)" \
+							  "  RETURNING o.*)," \
+							  " log AS (" \
+							  "  INSERT INTO eo.message_log" \
+							  "    (id, published_at, topic, key, headers, payload, payload_text, routed_at, destinations" \
+							  extra_column ")" \
+							  "  SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text, now()," \
+							  "         (SELECT count(DISTINCT s.destination_id) FROM eo.subscription s" \
+							  "           WHERE s.topic = m.topic OR (right(s.topic, 1) = '*'" \
+							  "                 AND starts_with(m.topic, left(s.topic, -1))))" extra_column \
 							  "    FROM m RETURNING id)"
+	if (SPI_execute_with_args(messages_have_publisher() ?
+							  QUARANTINE_SQL(", published_by") : QUARANTINE_SQL("")
 							  " INSERT INTO eo.delivery (destination_id, message_id, key, state, attempts,"
 							  "                          next_attempt_at, created_at, last_attempt_at, last_error)"
 							  " SELECT DISTINCT s.destination_id, m.id, m.key, 'dead', 1, 'infinity'::timestamptz,"
@@ -752,6 +796,7 @@ quarantine_head(void)
 							  "        AND starts_with(m.topic, left(s.topic, -1)))",
 							  1, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eo_processing relay: could not quarantine a message");
+#undef QUARANTINE_SQL
 	ereport(LOG,
 			(errmsg("eo_processing relay of database %u: moved a message that cannot be routed to the log as dead",
 					my_dboid),
