@@ -84,7 +84,7 @@ $node->safe_psql(
 	'src', qq{
 CREATE EXTENSION eo_processing;
 GRANT USAGE ON SCHEMA eo TO app_role;
-GRANT EXECUTE ON FUNCTION eo.process(text, text, interval), eo.publish(text, jsonb, text, jsonb)
+GRANT EXECUTE ON FUNCTION eo.process(text, text, interval), eo.process(text, text, text), eo.publish(text, jsonb, text, jsonb)
    TO app_role;
 -- Stored results: app_role owns one, other_role may call eo.result() but
 -- not read it.
