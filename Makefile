@@ -28,8 +28,8 @@ OBJS = \
 	src/http_request.o \
 	src/http_sink.o
 
-DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql \
-	eo_processing--0.2.0--0.3.0.sql eo_processing--0.3.0--0.4.0.sql
+# The install script of 0.1.0 and the upgrade scripts, as shipped.
+DATA = $(wildcard src/schema/$(EXTENSION)--*.sql)
 PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
