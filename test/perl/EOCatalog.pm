@@ -13,10 +13,10 @@
 # schema-qualified), so two databases can be compared key by key.  A
 # property without a value (no comment, no default) is left out.
 #
-# eo_catalog_diff($a, $b, $label_a, $label_b) returns readable lines, one
-# block per key that is missing on one side or has different values (a
-# line diff for values of several lines, such as function definitions);
-# none when the descriptions are equal.
+# eo_catalog_diff($desc_a, $desc_b, $label_a, $label_b) returns readable
+# lines, one block per key that is missing on one side or has different
+# values (a line diff for values of several lines, such as function
+# definitions); none when the descriptions are equal.
 
 package EOCatalog;
 
@@ -250,13 +250,13 @@ sub eo_catalog_description
 	return $result->{description};
 }
 
-# The lines of $a and $b as a unified-style diff ("-" only in $a, "+" only
-# in $b, " " in both), from their longest common subsequence.
+# The lines of $left and $right as a unified-style diff ("-" only in $left,
+# "+" only in $right, " " in both), from their longest common subsequence.
 sub _line_diff
 {
-	my ($a, $b) = @_;
-	my @x = split /\n/, $a, -1;
-	my @y = split /\n/, $b, -1;
+	my ($left, $right) = @_;
+	my @x = split /\n/, $left, -1;
+	my @y = split /\n/, $right, -1;
 	my @lcs;
 	for (my $i = $#x; $i >= 0; $i--)
 	{
@@ -293,36 +293,36 @@ sub _line_diff
 
 sub _max { return $_[0] > $_[1] ? $_[0] : $_[1]; }
 
-# eo_catalog_diff($a, $b, $label_a, $label_b): the differences between two
-# descriptions, as lines; empty when they are equal.
+# eo_catalog_diff($desc_a, $desc_b, $label_a, $label_b): the differences
+# between two descriptions, as lines; empty when they are equal.
 sub eo_catalog_diff
 {
-	my ($a, $b, $label_a, $label_b) = @_;
+	my ($desc_a, $desc_b, $label_a, $label_b) = @_;
 	my @out;
-	my %keys = map { ($_ => 1) } (keys %$a, keys %$b);
+	my %keys = map { ($_ => 1) } (keys %$desc_a, keys %$desc_b);
 
 	for my $key (sort keys %keys)
 	{
-		if (!exists $b->{$key})
+		if (!exists $desc_b->{$key})
 		{
-			push @out, "only in $label_a: $key = $a->{$key}";
+			push @out, "only in $label_a: $key = $desc_a->{$key}";
 		}
-		elsif (!exists $a->{$key})
+		elsif (!exists $desc_a->{$key})
 		{
-			push @out, "only in $label_b: $key = $b->{$key}";
+			push @out, "only in $label_b: $key = $desc_b->{$key}";
 		}
-		elsif ($a->{$key} ne $b->{$key})
+		elsif ($desc_a->{$key} ne $desc_b->{$key})
 		{
-			if ($a->{$key} =~ /\n/ || $b->{$key} =~ /\n/)
+			if ($desc_a->{$key} =~ /\n/ || $desc_b->{$key} =~ /\n/)
 			{
 				push @out, "differs: $key (- $label_a, + $label_b):",
-				  _line_diff($a->{$key}, $b->{$key});
+				  _line_diff($desc_a->{$key}, $desc_b->{$key});
 			}
 			else
 			{
 				push @out, "differs: $key",
-				  "    $label_a: $a->{$key}",
-				  "    $label_b: $b->{$key}";
+				  "    $label_a: $desc_a->{$key}",
+				  "    $label_b: $desc_b->{$key}";
 			}
 		}
 	}
