@@ -37,6 +37,12 @@ OBJS = \
 EXTVERSION := $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENSION).control)
 DATA = $(wildcard src/schema/$(EXTENSION)--*.sql)
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+ifeq (,$(EXTVERSION))
+$(error no default_version found in $(EXTENSION).control)
+endif
+ifneq (,$(filter src/schema/$(DATA_built),$(DATA)))
+$(error src/schema/$(DATA_built) would be installed over the script built from src/schema/$(EXTENSION).sql: the current version has no script of its own in src/schema/)
+endif
 PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -81,5 +87,6 @@ PROVE_FLAGS += -I test/perl
 # object with an old struct layout would share memory wrongly).
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
+# The install script of the current version is the readable schema file.
 $(DATA_built): src/schema/$(EXTENSION).sql $(EXTENSION).control
 	cp $< $@
