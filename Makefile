@@ -28,9 +28,21 @@ OBJS = \
 	src/http_request.o \
 	src/http_sink.o
 
-DATA = eo_processing--0.1.0.sql eo_processing--0.1.0--0.2.0.sql \
-	eo_processing--0.2.0--0.3.0.sql eo_processing--0.3.0--0.4.0.sql \
-	eo_processing--0.4.0--0.4.1.sql
+# The schema lives in src/schema/: eo_processing.sql is the whole current
+# schema, installed as eo_processing--<default_version>.sql (built at the
+# top level, never kept in git); eo_processing--*.sql there are the install
+# script of the oldest version and the upgrade scripts, as shipped.  A new
+# version adds its upgrade script there and edits eo_processing.sql and
+# default_version in eo_processing.control.
+EXTVERSION := $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENSION).control)
+DATA = $(wildcard src/schema/$(EXTENSION)--*.sql)
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+ifeq (,$(EXTVERSION))
+$(error no default_version found in $(EXTENSION).control)
+endif
+ifneq (,$(filter src/schema/$(DATA_built),$(DATA)))
+$(error src/schema/$(DATA_built) would be installed over the script built from src/schema/$(EXTENSION).sql: the current version has no script of its own in src/schema/)
+endif
 PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -59,7 +71,9 @@ ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 
-EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso
+# Also install scripts built for an earlier default_version.
+EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso \
+	$(wildcard $(EXTENSION)--*.sql)
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -72,3 +86,7 @@ PROVE_FLAGS += -I test/perl
 # --enable-depend; rebuild everything when a header of ours changes (a stale
 # object with an old struct layout would share memory wrongly).
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
+
+# The install script of the current version is the readable schema file.
+$(DATA_built): src/schema/$(EXTENSION).sql $(EXTENSION).control
+	cp $< $@

@@ -67,7 +67,7 @@ import standard_webhooks
 # keys of other APIs of the same database cannot collide with these.
 SCOPE = "payments"
 
-# SQLSTATEs of eo_processing's idempotency keys (eo_processing--0.3.0--0.4.0.sql).
+# SQLSTATEs of eo_processing's idempotency keys (src/schema/eo_processing--0.3.0--0.4.0.sql).
 KEY_MISMATCH = "IK001"      # the key was used with a different request -> 422
 LEASE_LOST = "IK002"        # another caller took the key over -> 409
 
