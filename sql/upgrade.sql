@@ -87,7 +87,7 @@ SELECT count(*) AS init_privs_naming_the_app
 SELECT published_by IS NULL AS no_publisher, eo.message(:'old_msg') -> 'payload' AS payload
   FROM eo.outbox WHERE id = :'old_msg';
 SELECT eo.publish('after.0.4.1', '{"new": true}'::jsonb) AS new_msg \gset
-SELECT published_by FROM eo.outbox WHERE id = :'new_msg';
+SELECT published_by = current_user::regrole AS published_by_current_user FROM eo.outbox WHERE id = :'new_msg';
 \dx+ eo_processing
 
 DROP EXTENSION eo_processing;
