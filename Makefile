@@ -20,6 +20,7 @@ OBJS = \
 	src/envelope.o \
 	src/destination.o \
 	src/http_options.o \
+	src/http_address.o \
 	src/relay_shmem.o \
 	src/relay_config.o \
 	src/relay_launcher.o \
