@@ -42,7 +42,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 
 # pg_regress: sql/ and expected/ at the top level.
 REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
-	http_options keys reconcile hostile_input upgrade
+	http_options http_address_guard keys reconcile hostile_input upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf
 
