@@ -109,9 +109,20 @@ check_retry_delays(char **newval, void **extra, GucSource source)
 }
 
 /*
+ * While _PG_init defines the GUCs, a bad eo.http_allowed_hosts from the
+ * configuration files is kept (and reported once defined) instead of being
+ * refused: refused, it would fall back to its default, empty, which allows
+ * every host.  Kept, its bad entries match nothing, as they did before they
+ * were checked, so a server upgraded with such a setting stays closed.
+ */
+static bool defining_gucs = false;
+static char allowed_hosts_problem[512];
+
+/*
  * eo.http_allowed_hosts: a comma-separated list of entries that
  * eo_http_host_allowed() can match (http_options.c says which); an entry
- * that would silently match nothing ("*", "host:port", a URL) is refused.
+ * that would silently match nothing ("*", "host:port", a URL) is refused,
+ * except while the GUCs are being defined (see above).
  */
 static bool
 check_allowed_hosts(char **newval, void **extra, GucSource source)
@@ -119,35 +130,37 @@ check_allowed_hosts(char **newval, void **extra, GucSource source)
 	char	   *copy;
 	List	   *items;
 	ListCell   *lc;
-	bool		ok = true;
+	const char *problem = NULL;
 
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;
 	copy = pstrdup(*newval);
 	if (!SplitGUCList(copy, ',', &items))
+		problem = "eo.http_allowed_hosts must be a comma-separated list of host names or addresses, "
+			"such as 'hooks.example.com, *.example.net, 192.0.2.10'; "
+			"it has an empty entry or white space inside an entry.";
+	else
 	{
-		GUC_check_errdetail("eo.http_allowed_hosts must be a comma-separated list of host names or addresses, "
-							"such as 'hooks.example.com, *.example.net, 192.0.2.10'; "
-							"it has an empty entry or white space inside an entry.");
-		pfree(copy);
-		return false;
-	}
-	foreach(lc, items)
-	{
-		const char *problem = eo_http_allowed_host_problem(lfirst(lc));
-
-		if (problem != NULL)
+		foreach(lc, items)
 		{
-			GUC_check_errdetail("%s", problem);
-			GUC_check_errhint("Entries are host names (\"hooks.example.com\"), \"*.\" and a domain "
-							  "(\"*.example.net\"), or IPv4 or IPv6 addresses, without scheme, port or path.");
-			ok = false;
-			break;
+			problem = eo_http_allowed_host_problem(lfirst(lc));
+			if (problem != NULL)
+				break;
 		}
+		list_free(items);
 	}
-	list_free(items);
 	pfree(copy);
-	return ok;
+	if (problem == NULL)
+		return true;
+	if (defining_gucs)
+	{
+		strlcpy(allowed_hosts_problem, problem, sizeof(allowed_hosts_problem));
+		return true;
+	}
+	GUC_check_errdetail("%s", problem);
+	GUC_check_errhint("Entries are host names (\"hooks.example.com\"), \"*.\" and a domain "
+					  "(\"*.example.net\"), or IPv4 or IPv6 addresses, without scheme, port or path.");
+	return false;
 }
 
 /*
@@ -224,6 +237,8 @@ _PG_init(void)
 							   PGC_SIGHUP, 0,
 							   check_retry_delays, NULL, NULL);
 
+	defining_gucs = true;
+	allowed_hosts_problem[0] = '\0';
 	DefineCustomStringVariable("eo.http_allowed_hosts",
 							   "Hosts the relay may send HTTP requests to (empty: any).",
 							   "A comma-separated list of host names or addresses; "
@@ -232,6 +247,14 @@ _PG_init(void)
 							   "",
 							   PGC_SIGHUP, GUC_LIST_INPUT,
 							   check_allowed_hosts, NULL, NULL);
+	defining_gucs = false;
+	if (allowed_hosts_problem[0] != '\0')
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("eo.http_allowed_hosts has an entry that matches no host"),
+				 errdetail("%s", allowed_hosts_problem),
+				 errhint("Correct eo.http_allowed_hosts and reload the configuration; "
+						 "until then the relay sends only to the hosts its valid entries match.")));
 
 	DefineCustomBoolVariable("eo.http_allow_link_local",
 							 "Whether the relay may connect to link-local and cloud metadata addresses.",

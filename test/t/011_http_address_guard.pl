@@ -13,6 +13,10 @@
 #       check of the URL accepts) is refused when libcurl is about to open
 #       the connection, and the receiver gets nothing; started again
 #       without the proxy, the server delivers what waited.
+#   (c) A bad eo.http_allowed_hosts in postgresql.conf ("127.0.0.1:port",
+#       accepted before entries were checked) is reported at server start
+#       and kept, matching nothing, instead of falling back to empty, which
+#       would allow every host.
 #
 # Nothing is sent to 169.254.169.254: in (a) the request is not even built,
 # in (b) the connection is refused before a socket exists.  What these
@@ -148,6 +152,38 @@ $node->start;
 ok(eo_wait_drained($node, 'postgres', 'local', $settle),
 	'(b) started without the proxy, the server delivers the message');
 eo_check_exactly_once($node, 'postgres', $local, q{topic LIKE 'local.%'}, '(b) after the proxy');
+
+######################################################################
+# (c) a bad eo.http_allowed_hosts in postgresql.conf at server start
+######################################################################
+
+# Refused, the setting would fall back to empty (every host); kept, its
+# entry matches nothing, as before entries were checked: the server stays
+# closed, and says why.
+$node->stop;
+my $bad = '127.0.0.1:' . $local->port;
+$node->append_conf('postgresql.conf', "eo.http_allowed_hosts = '$bad'\n");
+my $log_offset = -s $node->logfile;
+$node->start;
+ok( $node->log_contains(
+		qr/WARNING:  eo\.http_allowed_hosts has an entry that matches no host\n.*DETAIL:  "\Q$bad\E" is not a host name or address: entries have no port/s,
+		$log_offset),
+	'(c) a host:port entry in postgresql.conf is reported at start');
+is($node->safe_psql('postgres', 'SHOW eo.http_allowed_hosts'), $bad, '(c) ... and kept');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	"SELECT eo.check_destination_options('http', '{\"url\": \"" . $local->url('/local') . "\"}')");
+like($stderr, qr/ERROR:  host "127\.0\.0\.1" is not in eo\.http_allowed_hosts/,
+	'(c) it matches nothing: the receiver on 127.0.0.1 is not allowed');
+($ret, $stdout, $stderr) = $node->psql('postgres', "ALTER SYSTEM SET eo.http_allowed_hosts = '$bad'");
+like($stderr, qr/ERROR:  invalid value for parameter "eo\.http_allowed_hosts"/,
+	'(c) ALTER SYSTEM refuses the same value');
+$node->safe_psql('postgres',
+	q{ALTER SYSTEM SET eo.http_allowed_hosts = '127.0.0.1'; SELECT pg_reload_conf()});
+ok(poll(q{SELECT current_setting('eo.http_allowed_hosts') = '127.0.0.1'}),
+	'(c) corrected with ALTER SYSTEM and a reload');
+is( $node->safe_psql('postgres',
+		"SELECT eo.check_destination_options('http', '{\"url\": \"" . $local->url('/local') . "\"}') IS NOT NULL"),
+	't', '(c) ... the receiver on 127.0.0.1 is allowed again');
 
 ok(!$node->log_contains('terminated by signal'), 'no server process crashed');
 
