@@ -136,9 +136,8 @@ check_allowed_hosts(char **newval, void **extra, GucSource source)
 		return true;
 	copy = pstrdup(*newval);
 	if (!SplitGUCList(copy, ',', &items))
-		problem = "eo.http_allowed_hosts must be a comma-separated list of host names or addresses, "
-			"such as 'hooks.example.com, *.example.net, 192.0.2.10'; "
-			"it has an empty entry or white space inside an entry.";
+		problem = "eo.http_allowed_hosts must be a comma-separated list: "
+			"it has an empty entry, or white space inside an entry.";
 	else
 	{
 		foreach(lc, items)
