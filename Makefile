@@ -20,6 +20,7 @@ OBJS = \
 	src/envelope.o \
 	src/destination.o \
 	src/http_options.o \
+	src/http_address.o \
 	src/relay_shmem.o \
 	src/relay_config.o \
 	src/relay_launcher.o \
@@ -53,8 +54,9 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 	-Wno-sign-compare $(EO_CFLAGS)
 
 # pg_regress: sql/ and expected/ at the top level.
-REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors destinations grants \
-	http_options keys reconcile hostile_input upgrade
+REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
+	destinations grants http_options http_address_guard keys reconcile \
+	hostile_input upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf
 

@@ -304,11 +304,8 @@ eo_check_destination_options(PG_FUNCTION_ARGS)
 	if (strcmp(kind, "http") == 0)
 		eo_check_may_configure_http();
 	eo_parse_destination(kind, PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), &cfg);
-	if (cfg.kind == DEST_HTTP && !eo_http_host_allowed(cfg.host))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("host \"%s\" is not in eo.http_allowed_hosts", cfg.host),
-				 errhint("Ask the administrator to add it to eo.http_allowed_hosts.")));
+	if (cfg.kind == DEST_HTTP)
+		eo_check_http_destination_host(&cfg);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(PG_GETARG_JSONB_P(1));

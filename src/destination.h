@@ -66,9 +66,18 @@ extern bool eo_parse_http_option(const char *name, const JsonbValue *v,
 								 DestinationConfig *cfg);
 extern void eo_check_may_configure_http(void);
 extern bool eo_http_host_allowed(const char *host);
+extern void eo_check_http_destination_host(const DestinationConfig *cfg);
+extern const char *eo_http_allowed_host_problem(const char *entry);
 extern bool eo_http_header_name_ok(const char *name, int len);
 extern bool eo_http_header_value_ok(const char *value, int len);
 extern bool eo_http_header_reserved(const char *name, int len);
 extern char *eo_http_header_line(const char *name, int nlen, const char *value, int vlen);
+
+/* http_address.c */
+struct sockaddr;
+extern const char *eo_http_sockaddr_refused(const struct sockaddr *sa, char *text,
+											size_t textlen);
+extern const char *eo_http_ip_text_refused(const char *ip);
+extern const char *eo_http_host_refused(const char *host);
 
 #endif							/* EO_DESTINATION_H */

@@ -21,6 +21,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "destination.h"
 #include "eo_processing.h"
 #include "relay.h"
 
@@ -37,6 +38,7 @@ int			eo_outbox_retention_secs = 24 * 60 * 60;
 int			eo_default_max_attempts = 10;
 char	   *eo_default_retry_delays = NULL;
 char	   *eo_http_allowed_hosts = NULL;
+bool		eo_http_allow_link_local = false;
 int			eo_http_max_concurrency = 64;
 
 /* How long completed idempotency keys are kept. */
@@ -106,26 +108,58 @@ check_retry_delays(char **newval, void **extra, GucSource source)
 	return ok;
 }
 
-/* eo.http_allowed_hosts: a comma-separated list of host names. */
+/*
+ * While _PG_init defines the GUCs, a bad eo.http_allowed_hosts from the
+ * configuration files is kept (and reported once defined) instead of being
+ * refused: refused, it would fall back to its default, empty, which allows
+ * every host.  Kept, its bad entries match nothing, as they did before they
+ * were checked, so a server upgraded with such a setting stays closed.
+ */
+static bool defining_gucs = false;
+static char allowed_hosts_problem[512];
+
+/*
+ * eo.http_allowed_hosts: a comma-separated list of entries that
+ * eo_http_host_allowed() can match (http_options.c says which); an entry
+ * that would silently match nothing ("*", "host:port", a URL) is refused,
+ * except while the GUCs are being defined (see above).
+ */
 static bool
 check_allowed_hosts(char **newval, void **extra, GucSource source)
 {
 	char	   *copy;
 	List	   *items;
-	bool		ok;
+	ListCell   *lc;
+	const char *problem = NULL;
 
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;
 	copy = pstrdup(*newval);
-	ok = SplitIdentifierString(copy, ',', &items);
-	pfree(copy);
-	if (!ok)
+	if (!SplitGUCList(copy, ',', &items))
+		problem = "eo.http_allowed_hosts must be a comma-separated list: "
+			"it has an empty entry, or white space inside an entry.";
+	else
 	{
-		GUC_check_errdetail("eo.http_allowed_hosts must be a comma-separated list of host names, such as 'hooks.example.com, *.example.net'.");
-		return false;
+		foreach(lc, items)
+		{
+			problem = eo_http_allowed_host_problem(lfirst(lc));
+			if (problem != NULL)
+				break;
+		}
+		list_free(items);
 	}
-	list_free(items);
-	return true;
+	pfree(copy);
+	if (problem == NULL)
+		return true;
+	if (defining_gucs)
+	{
+		strlcpy(allowed_hosts_problem, problem, sizeof(allowed_hosts_problem));
+		return true;
+	}
+	GUC_check_errdetail("%s", problem);
+	GUC_check_errhint("Entries are host names (\"hooks.example.com\"), \"*.\" and a domain "
+					  "(\"*.example.net\"), or IPv4 or IPv6 addresses, without scheme, port or path.");
+	return false;
 }
 
 /*
@@ -202,6 +236,8 @@ _PG_init(void)
 							   PGC_SIGHUP, 0,
 							   check_retry_delays, NULL, NULL);
 
+	defining_gucs = true;
+	allowed_hosts_problem[0] = '\0';
 	DefineCustomStringVariable("eo.http_allowed_hosts",
 							   "Hosts the relay may send HTTP requests to (empty: any).",
 							   "A comma-separated list of host names or addresses; "
@@ -210,6 +246,24 @@ _PG_init(void)
 							   "",
 							   PGC_SIGHUP, GUC_LIST_INPUT,
 							   check_allowed_hosts, NULL, NULL);
+	defining_gucs = false;
+	if (allowed_hosts_problem[0] != '\0')
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("eo.http_allowed_hosts has an entry that matches no host"),
+				 errdetail("%s", allowed_hosts_problem),
+				 errhint("Correct eo.http_allowed_hosts and reload the configuration; "
+						 "until then the relay sends only to the hosts its valid entries match.")));
+
+	DefineCustomBoolVariable("eo.http_allow_link_local",
+							 "Whether the relay may connect to link-local and cloud metadata addresses.",
+							 "When off, connections to 169.254.0.0/16, fe80::/10 (also written as IPv4-mapped "
+							 "IPv6), fd00:ec2::254 and 100.100.100.200 are refused, whatever host name "
+							 "resolved to them, and destinations with such an address cannot be created.",
+							 &eo_http_allow_link_local,
+							 false,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("eo.http_max_concurrency",
 							"Most HTTP requests the relay keeps in flight per destination.",

@@ -56,6 +56,13 @@ typedef struct HttpRequest
 	int			snippet_len;
 	char		snippet[EO_HTTP_SNIPPET_BYTES + 1];
 	char		errbuf[CURL_ERROR_SIZE];
+
+	/*
+	 * An address the relay refused to connect to (http_address.c), set by
+	 * the libcurl callbacks; refused_why is NULL if none was.
+	 */
+	const char *refused_why;
+	char		refused_addr[64];
 } HttpRequest;
 
 /* http_request.c */

@@ -4,8 +4,10 @@
  *	  The options of http destinations (see destination.c for the list):
  *	  the URL, checked with libcurl's own parser; headers, checked to be
  *	  sendable (also those of messages, at publish time); Standard Webhooks
- *	  signing secrets; the host allowlist eo.http_allowed_hosts; and who
- *	  may configure http destinations at all.
+ *	  signing secrets; the host allowlist eo.http_allowed_hosts (matching,
+ *	  and the check of its entries); the refusal of link-local and cloud
+ *	  metadata addresses when destinations are configured (http_address.c
+ *	  says which); and who may configure http destinations at all.
  *
  *	  Errors name the option, never its value: header values and secrets
  *	  may be credentials.
@@ -13,6 +15,9 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 
@@ -292,11 +297,70 @@ eo_parse_http_option(const char *name, const JsonbValue *v, DestinationConfig *c
 }
 
 /*
+ * parse_ip
+ *		Whether "s" is an IPv4 address (dotted quad) or an IPv6 address
+ *		(with or without brackets); if so, its family and bytes (16 bytes
+ *		of room).
+ */
+static bool
+parse_ip(const char *s, int *family, uint8 *bytes)
+{
+	size_t		len = strlen(s);
+	char		buf[64];
+
+	if (inet_pton(AF_INET, s, bytes) == 1)
+	{
+		*family = AF_INET;
+		return true;
+	}
+	if (len >= 2 && s[0] == '[' && s[len - 1] == ']')
+	{
+		s++;
+		len -= 2;
+	}
+	if (len >= sizeof(buf))
+		return false;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	if (inet_pton(AF_INET6, buf, bytes) == 1)
+	{
+		*family = AF_INET6;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * entry_matches
+ *		Whether one entry of eo.http_allowed_hosts matches "host": the same
+ *		address (an IPv6 entry with or without brackets), the same name
+ *		(ignoring case), or a name below the domain of a "*.domain" entry.
+ */
+static bool
+entry_matches(const char *entry, const char *host)
+{
+	size_t		hl = strlen(host);
+	size_t		el = strlen(entry);
+	int			efam;
+	int			hfam;
+	uint8		ebytes[16];
+	uint8		hbytes[16];
+
+	if (parse_ip(entry, &efam, ebytes))
+		return parse_ip(host, &hfam, hbytes) && efam == hfam &&
+			memcmp(ebytes, hbytes, efam == AF_INET ? 4 : 16) == 0;
+	if (pg_strcasecmp(entry, host) == 0)
+		return true;
+	return strncmp(entry, "*.", 2) == 0 && hl > el - 1 &&
+		pg_strcasecmp(host + hl - (el - 1), entry + 1) == 0;
+}
+
+/*
  * eo_http_host_allowed
  *		Whether eo.http_allowed_hosts lets the relay connect to "host"
- *		(lower case).  Entries are host names or addresses, compared
- *		exactly, or "*.domain" for any host below domain; an empty list
- *		allows every host.
+ *		(lower case, as libcurl's URL parser gives it).  Entries are host
+ *		names or addresses, or "*.domain" for any host below domain; an
+ *		empty list allows every host.  Ports play no part.
  */
 bool
 eo_http_host_allowed(const char *host)
@@ -309,17 +373,11 @@ eo_http_host_allowed(const char *host)
 	if (eo_http_allowed_hosts == NULL || eo_http_allowed_hosts[0] == '\0')
 		return true;
 	copy = pstrdup(eo_http_allowed_hosts);
-	if (!SplitIdentifierString(copy, ',', &items))
+	if (!SplitGUCList(copy, ',', &items))
 		return false;			/* cannot happen: the GUC check refused it */
 	foreach(lc, items)
 	{
-		const char *entry = lfirst(lc);
-		size_t		hl = strlen(host);
-		size_t		el = strlen(entry);
-
-		if (pg_strcasecmp(entry, host) == 0 ||
-			(strncmp(entry, "*.", 2) == 0 && hl > el - 1 &&
-			 pg_strcasecmp(host + hl - (el - 1), entry + 1) == 0))
+		if (entry_matches(lfirst(lc), host))
 		{
 			allowed = true;
 			break;
@@ -328,6 +386,95 @@ eo_http_host_allowed(const char *host)
 	list_free(items);
 	pfree(copy);
 	return allowed;
+}
+
+/*
+ * eo_http_allowed_host_problem
+ *		What is wrong with one entry of eo.http_allowed_hosts, or NULL if
+ *		eo_http_host_allowed() can match it: a host name, "*.domain", an
+ *		IPv4 address, an IPv6 address (brackets optional).  Entries that
+ *		would silently match nothing are refused: "*", URLs, "host:port",
+ *		empty entries, white space or other characters no host name has.
+ *		For the GUC check hook: palloc'd or constant, never raises an error.
+ */
+const char *
+eo_http_allowed_host_problem(const char *entry)
+{
+	const char *name = entry;
+	int			family;
+	uint8		bytes[16];
+
+	if (entry[0] == '\0')
+		return "An entry is empty.";
+	if (strcmp(entry, "*") == 0)
+		return "\"*\" matches no host: leave eo.http_allowed_hosts empty to allow every host, "
+			"or write \"*.example.com\" for every host below example.com.";
+	if (strstr(entry, "://") != NULL || strchr(entry, '/') != NULL)
+		return psprintf("\"%s\" is a URL: entries are host names or addresses, "
+						"such as \"hooks.example.com\" or \"192.0.2.10\".", entry);
+	if (parse_ip(entry, &family, bytes))
+		return NULL;
+	if (strchr(entry, '%') != NULL)
+		return psprintf("\"%s\": IPv6 zone ids are not supported.", entry);
+	if (strchr(entry, ':') != NULL || entry[0] == '[')
+		return psprintf("\"%s\" is not a host name or address: entries have no port "
+						"(the allowlist does not restrict ports).", entry);
+	if (strncmp(entry, "*.", 2) == 0)
+		name = entry + 2;
+	if (name[0] == '\0')
+		return psprintf("\"%s\" has no domain after \"*.\".", entry);
+	if (name[0] == '.')
+		return psprintf("\"%s\" starts with a dot: write \"*.example.com\" for every host below example.com.",
+						entry);
+	if (strlen(name) > 253)
+		return psprintf("\"%.40s...\" is longer than a host name can be (253 bytes).", entry);
+	for (const char *p = name; *p != '\0'; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '*')
+			return psprintf("\"%s\": \"*\" is allowed only at the start, as in \"*.example.com\".",
+							entry);
+		if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+			return psprintf("\"%s\" contains white space.", entry);
+		if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c >= 0x80))
+			return psprintf("\"%s\" contains \"%c\", which no host name has.", entry, c);
+	}
+	return NULL;
+}
+
+/*
+ * eo_check_http_destination_host
+ *		Whether the relay may send to the host of an http destination's URL
+ *		under the current settings; raises an error if not (used when
+ *		destinations are created or altered).  eo.http_allowed_hosts must
+ *		list the host; and while eo.http_allow_link_local is off, a literal
+ *		link-local or cloud metadata address is refused.  A host name that
+ *		resolves to such an address is refused when the relay connects.
+ *
+ *		Both refusals are policy decisions of the administrator about a
+ *		valid URL, hence SQLSTATE 42501 (insufficient_privilege), as for
+ *		the allowlist since 0.3.0.
+ */
+void
+eo_check_http_destination_host(const DestinationConfig *cfg)
+{
+	const char *why;
+
+	if (!eo_http_host_allowed(cfg->host))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("host \"%s\" is not in eo.http_allowed_hosts", cfg->host),
+				 errhint("Ask the administrator to add it to eo.http_allowed_hosts.")));
+	why = eo_http_host_refused(cfg->host);
+	if (why != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("host \"%s\" is %s", cfg->host, why),
+				 errdetail("The relay does not connect to link-local addresses (169.254.0.0/16, fe80::/10) "
+						   "or cloud metadata addresses (fd00:ec2::254, 100.100.100.200) "
+						   "while eo.http_allow_link_local is off."),
+				 errhint("If the destination is meant to be there, ask the administrator to turn on eo.http_allow_link_local.")));
 }
 
 /* The owner of extension eo_processing. */

@@ -12,6 +12,13 @@
  *	  "v1," + base64(HMAC-SHA256(secret, "<id>.<timestamp>.<body>")),
  *	  separated by spaces.
  *
+ *	  Addresses: while eo.http_allow_link_local is off, link-local and
+ *	  cloud metadata addresses (http_address.c) are refused three times
+ *	  over: a literal one in the URL before the request is built, every
+ *	  address libcurl is about to open a connection to (after name
+ *	  resolution, so DNS answers, rebinding included, cannot get around it),
+ *	  and the address of a reused connection before a request is sent on it.
+ *
  *	  Memory: a request and everything palloc'd for it live in its own
  *	  context; libcurl's own allocations (easy handle, header list) are
  *	  freed by eo_http_request_free().  The libcurl callbacks below run
@@ -21,6 +28,7 @@
  */
 #include "postgres.h"
 
+#include <sys/socket.h>
 #include <time.h>
 
 #include "common/base64.h"
@@ -101,6 +109,62 @@ collect_header(char *data, size_t size, size_t nmemb, void *arg)
 		}
 	}
 	return n;
+}
+
+/*
+ * open_socket
+ *		libcurl's CURLOPT_OPENSOCKETFUNCTION: called with each address, as
+ *		resolved, before a connection to it is opened (also the address of
+ *		a proxy, when one is used).  Refuses link-local and cloud metadata
+ *		addresses while eo.http_allow_link_local is off: no packet is sent
+ *		to them, and libcurl goes on with the host's next address, if any.
+ *		Otherwise opens the socket as libcurl would.
+ */
+static curl_socket_t
+open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	HttpRequest *req = arg;
+	const char *why = eo_http_sockaddr_refused(&address->addr, req->refused_addr,
+											   sizeof(req->refused_addr));
+
+	if (why != NULL)
+	{
+		req->refused_why = why;
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype, address->protocol);
+}
+
+#if LIBCURL_VERSION_NUM >= 0x075000
+/*
+ * check_connection
+ *		libcurl's CURLOPT_PREREQFUNCTION (7.80.0 and later): called before
+ *		each request is sent, on a new or a reused connection.  A kept-alive
+ *		connection opened while eo.http_allow_link_local was on opens no
+ *		socket again: this is where it is refused after the setting was
+ *		turned off.
+ */
+static int
+check_connection(void *arg, char *primary_ip, char *local_ip,
+				 int primary_port, int local_port)
+{
+	HttpRequest *req = arg;
+	const char *why = eo_http_ip_text_refused(primary_ip);
+
+	if (why == NULL)
+		return CURL_PREREQFUNC_OK;
+	strlcpy(req->refused_addr, primary_ip, sizeof(req->refused_addr));
+	req->refused_why = why;
+	return CURL_PREREQFUNC_ABORT;
+}
+#endif
+
+/* The error text of a refused address (http_address.c).  palloc'd. */
+static char *
+refusal_error(const char *address, const char *why)
+{
+	return psprintf("refused to connect to %s: it is %s, and eo.http_allow_link_local is off",
+					address, why);
 }
 
 /*
@@ -247,6 +311,7 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	bool		json = (msg->payload_text == NULL);
 	char	   *signature;
 	const char *error = NULL;
+	const char *refused;
 	ListCell   *lc;
 
 	req->cxt = cxt;
@@ -267,6 +332,17 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	if (!eo_http_host_allowed(dest->host))
 	{
 		req->build_error = psprintf("host \"%s\" is not in eo.http_allowed_hosts", dest->host);
+		MemoryContextSwitchTo(old);
+		return req;
+	}
+	/*
+	 * A literal address in the URL is checked here too: through a proxy,
+	 * open_socket() sees only the proxy's address.
+	 */
+	refused = eo_http_host_refused(dest->host);
+	if (refused != NULL)
+	{
+		req->build_error = refusal_error(dest->host, refused);
 		MemoryContextSwitchTo(old);
 		return req;
 	}
@@ -332,6 +408,12 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
 	curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
+	curl_easy_setopt(req->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	curl_easy_setopt(req->easy, CURLOPT_OPENSOCKETDATA, req);
+#if LIBCURL_VERSION_NUM >= 0x075000
+	curl_easy_setopt(req->easy, CURLOPT_PREREQFUNCTION, check_connection);
+	curl_easy_setopt(req->easy, CURLOPT_PREREQDATA, req);
+#endif
 
 	MemoryContextSwitchTo(old);
 	return req;
@@ -369,6 +451,8 @@ eo_http_request_error(const HttpRequest *req)
 {
 	if (req->easy == NULL)
 		return req->build_error;
+	if (req->result != CURLE_OK && req->refused_why != NULL)
+		return refusal_error(req->refused_addr, req->refused_why);
 	if (req->result != CURLE_OK)
 		return psprintf("%s", req->errbuf[0] ? req->errbuf : curl_easy_strerror(req->result));
 	if (req->status >= 200 && req->status < 300)

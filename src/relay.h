@@ -89,6 +89,7 @@ extern int	eo_outbox_retention_secs;
 extern int	eo_default_max_attempts;
 extern char *eo_default_retry_delays;
 extern char *eo_http_allowed_hosts;
+extern bool eo_http_allow_link_local;
 extern int	eo_http_max_concurrency;
 extern int	eo_key_retention_secs;
 
