@@ -45,6 +45,10 @@ typedef struct RelaySlot
 	bool		running;		/* a worker was started for this slot */
 	bool		retry_requested;	/* eo.wake_relay(), eo.relay_run(): look
 									 * at deliveries */
+	bool		probe;			/* found by the launcher's scan: start a
+								 * worker even while eo.relay_enabled is
+								 * off, to learn whether the database has
+								 * the extension (it then exits) */
 	bool		stop_requested; /* database_guard.c: exit now, but stay
 								 * wanted (the launcher restarts it later) */
 	uint32		config_generation;	/* bumped when destinations or

@@ -1023,6 +1023,23 @@ eo_relay_worker_main(Datum main_arg)
 	batch_limit = eo_relay_batch_size;
 
 	exit_if_unwanted();
+
+	/*
+	 * The database has the extension.  A probe of the launcher's scan
+	 * while the relay is off has learnt what it came for: exit, keeping
+	 * the slot (eo.relay_status shows the database as disabled); the
+	 * launcher starts a worker again when eo.relay_enabled comes on.
+	 */
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	my_slot->probe = false;
+	LWLockRelease(eo_relay->lock);
+	if (!eo_relay_enabled)
+	{
+		ereport(LOG,
+				(errmsg("eo_processing relay of database %u not started: eo.relay_enabled is off",
+						my_dboid)));
+		proc_exit(0);
+	}
 	ereport(LOG, (errmsg("eo_processing relay started for database %u", my_dboid)));
 
 	for (;;)
