@@ -18,9 +18,15 @@
  *	  of the next worker puts them back to retrying, so they are sent again
  *	  with the same message id (at least once; the receiver deduplicates),
  *	  and logs each interrupted attempt in eo.http_attempt (no status
- *	  code, error EO_HTTP_INTERRUPTED).  The claim of step 2 is flushed to
- *	  disk before the requests start, so no attempt that went out can be
- *	  forgotten by a crash.
+ *	  code, error EO_HTTP_INTERRUPTED).  The claim of step 2 commits
+ *	  asynchronously, like every relay transaction, and the requests start
+ *	  without waiting for its WAL flush: a clean stop (pg_ctl stop or
+ *	  restart, any mode but immediate) flushes it, but a crash of the
+ *	  server can lose the claims of the last few hundred milliseconds
+ *	  (up to 3 x wal_writer_delay).  Such an attempt has no row, and the
+ *	  request sent again carries the same attempt number.  Flushing each
+ *	  claim before its requests closes that window but made the commit ->
+ *	  request latency of test/bench/http_bench.sh part 2 some 6 ms worse.
  *
  *	  Concurrency: at most min(concurrency option, eo.http_max_concurrency)
  *	  requests per destination, so a destination with a large backlog uses
@@ -40,7 +46,6 @@
  */
 #include "postgres.h"
 
-#include "access/xlog.h"
 #include "catalog/pg_type_d.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -616,16 +621,6 @@ eo_http_step_done(bool committed)
 	in_flight_reset = true;
 	if (multi == NULL)
 		return;
-
-	/*
-	 * The relay commits asynchronously, but the claim that counted these
-	 * attempts must be on disk before any request leaves: after a crash it
-	 * is what tells the next worker that they were (perhaps) sent, so that
-	 * they are logged as interrupted and the next attempt gets the next
-	 * number.  One WAL flush per step that claimed, not per request.
-	 */
-	if (!dlist_is_empty(&starting))
-		XLogFlush(XactLastCommitEnd);
 	dlist_foreach_modify(it, &starting)
 	{
 		HttpRequest *req = request_of(it.cur);

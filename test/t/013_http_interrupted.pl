@@ -1,7 +1,7 @@
 # Webhook requests interrupted by a stop of the relay are in eo.http_attempt
 # (issue #10): a receiver holds five requests; the server is restarted
 # (pg_ctl stop -m fast, then start) or the relay worker is killed (the
-# postmaster then restarts the server).  Afterwards every message must have
+# postmaster then restarts the server) once the claims are on disk.  Afterwards every message must have
 # reached the receiver twice, and eo.http_attempt must hold, per message,
 # attempt 1 without a status code and with the "interrupted" error, then
 # attempt 2 answered 200.
@@ -87,6 +87,11 @@ interrupted(
 interrupted(
 	'kill',
 	sub {
+		# The relay commits asynchronously: a crash may lose the claims of
+		# the last few hundred milliseconds, and with them the knowledge
+		# that the requests went out (see http_sink.c).  Make them durable
+		# first: this part is about what the next worker does with them.
+		$node->safe_psql('postgres', 'CHECKPOINT');
 		my $pid = $node->safe_psql('postgres',
 			q{SELECT pid FROM eo.relay_status WHERE datname = 'postgres'});
 		ok(kill('KILL', $pid), "(kill) relay worker $pid killed");
