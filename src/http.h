@@ -25,6 +25,15 @@
 /* Bytes of a response body kept in eo.http_attempt. */
 #define EO_HTTP_SNIPPET_BYTES	256
 
+/*
+ * The error of an attempt whose outcome was never recorded because the
+ * relay stopped (shutdown, crash) while it was in flight: logged in
+ * eo.http_attempt by the next relay worker.  Used inside a SQL string
+ * literal: no quotes.
+ */
+#define EO_HTTP_INTERRUPTED \
+	"interrupted: the relay stopped before the outcome was recorded; the receiver may have got the request"
+
 /* Longest Retry-After the relay honours. */
 #define EO_HTTP_MAX_RETRY_AFTER_SECS	(24 * 60 * 60)
 

@@ -16,7 +16,17 @@
  *		   destination.  Every attempt is logged in eo.http_attempt.
  *	  A crash between 2 and 3 leaves deliveries in_flight; the first step
  *	  of the next worker puts them back to retrying, so they are sent again
- *	  with the same message id (at least once; the receiver deduplicates).
+ *	  with the same message id (at least once; the receiver deduplicates),
+ *	  and logs each interrupted attempt in eo.http_attempt (no status
+ *	  code, error EO_HTTP_INTERRUPTED).  The claim of step 2 commits
+ *	  asynchronously, like every relay transaction, and the requests start
+ *	  without waiting for its WAL flush: a clean stop (pg_ctl stop or
+ *	  restart, any mode but immediate) flushes it, but a crash of the
+ *	  server can lose the claims of the last few hundred milliseconds
+ *	  (up to 3 x wal_writer_delay).  Such an attempt has no row, and the
+ *	  request sent again carries the same attempt number.  Flushing each
+ *	  claim before its requests closes that window but made the commit ->
+ *	  request latency of test/bench/http_bench.sh part 2 some 6 ms worse.
  *
  *	  Concurrency: at most min(concurrency option, eo.http_max_concurrency)
  *	  requests per destination, so a destination with a large backlog uses
@@ -540,14 +550,33 @@ eo_http_step(void)
 
 	if (!in_flight_reset)
 	{
-		/* What a previous worker had in flight is sent again. */
+		/*
+		 * What a previous worker had in flight is sent again.  Its attempt
+		 * was counted when it was claimed but its outcome never recorded:
+		 * log it in eo.http_attempt as interrupted, with no status code
+		 * and, as latency, the time from its start until now (an attempt
+		 * that timed out also counts its wait).
+		 */
 		eo_relay_prepare(&plan_reset,
-				"UPDATE eo.delivery d SET state = 'retrying', next_attempt_at = now(),"
-				"       last_error = 'the relay stopped while the request was in flight'"
-				"  FROM eo.destination t"
-				" WHERE t.id = d.destination_id AND t.kind = 'http' AND d.state = 'in_flight'",
+				"WITH r AS ("
+				"  UPDATE eo.delivery d SET state = 'retrying', next_attempt_at = now(),"
+				"         last_error = 'the relay stopped while the request was in flight'"
+				"    FROM eo.destination t"
+				"   WHERE t.id = d.destination_id AND t.kind = 'http' AND d.state = 'in_flight'"
+				"  RETURNING d.destination_id, d.message_id, d.attempts, d.last_attempt_at)"
+				" INSERT INTO eo.http_attempt (attempted_at, destination_id, message_id, attempt,"
+				"                             status_code, error, latency_ms, response_body)"
+				" SELECT coalesce(r.last_attempt_at, now()), r.destination_id, r.message_id,"
+				"        r.attempts, NULL, '" EO_HTTP_INTERRUPTED "',"
+				"        greatest(extract(epoch FROM now() - coalesce(r.last_attempt_at, now())) * 1000, 0),"
+				"        NULL"
+				"   FROM r",
 				0, NULL);
-		run_plan(plan_reset, NULL, SPI_OK_UPDATE, "reset deliveries left in flight");
+		run_plan(plan_reset, NULL, SPI_OK_INSERT, "reset deliveries left in flight");
+		if (SPI_processed > 0)
+			ereport(LOG,
+					(errmsg("eo_processing relay: " UINT64_FORMAT " webhook requests were interrupted by a stop of the relay; they are sent again",
+							SPI_processed)));
 	}
 
 	move_all(&recording, &finished);

@@ -43,7 +43,12 @@ typedef struct RelaySlot
 	Oid			dboid;
 	bool		wanted;
 	bool		running;		/* a worker was started for this slot */
-	bool		retry_requested;	/* eo.wake_relay(): look at deliveries */
+	bool		retry_requested;	/* eo.wake_relay(), eo.relay_run(): look
+									 * at deliveries */
+	bool		probe;			/* found by the launcher's scan: start a
+								 * worker even while eo.relay_enabled is
+								 * off, to learn whether the database has
+								 * the extension (it then exits) */
 	bool		stop_requested; /* database_guard.c: exit now, but stay
 								 * wanted (the launcher restarts it later) */
 	uint32		config_generation;	/* bumped when destinations or
@@ -80,6 +85,7 @@ extern void eo_relay_wake_launcher(void);
 extern void eo_relay_release_database(Oid dboid);
 extern void eo_relay_config_changed(Oid dboid);
 extern void eo_relay_stop_database_at_commit(void);
+extern void eo_relay_wake_at_commit(void);
 
 /* relay GUCs (eo_processing.c) */
 extern bool eo_relay_enabled;

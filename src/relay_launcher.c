@@ -7,7 +7,11 @@
  *
  *	  - At start, every database that accepts connections gets a worker;
  *		a worker in a database without the extension exits at once and the
- *		launcher forgets the database.
+ *		launcher forgets the database.  While eo.relay_enabled is off these
+ *		first workers ("probes") run too, but only to find out which
+ *		databases have the extension: such a worker exits at once, leaving
+ *		its slot, so that eo.relay_status shows the database as disabled,
+ *		and the launcher starts it again when the relay is turned on.
  *	  - CREATE EXTENSION (eo.wake_relay() at commit) and the first commit
  *		of a publishing transaction ask for a worker through shared memory
  *		and set the launcher's latch: no restart, no polling.
@@ -99,6 +103,7 @@ assign_pending(void)
 				slot->dboid = dboid;
 				slot->pgprocno = -1;
 				slot->wanted = true;
+				slot->probe = true;
 			}
 			else
 				placed = false;
@@ -266,8 +271,8 @@ eo_relay_launcher_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		/* Once per launcher life, as soon as the relay is enabled. */
-		if (eo_relay_enabled && !scanned)
+		/* Once per launcher life, even with the relay off (probes). */
+		if (!scanned)
 		{
 			scan_databases();
 			scanned = true;
@@ -301,7 +306,7 @@ eo_relay_launcher_main(Datum main_arg)
 				if (slot->wanted && slot->hold_until < now)
 					slot->hold_until = TimestampTzPlusMilliseconds(now, RESTART_DELAY_MS);
 			}
-			if (slot->wanted && !slot->running && eo_relay_enabled)
+			if (slot->wanted && !slot->running && (eo_relay_enabled || slot->probe))
 			{
 				if (slot->hold_until <= now)
 					start = true;

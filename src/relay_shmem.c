@@ -323,6 +323,23 @@ register_wake_callback(void)
 }
 
 /*
+ * eo_relay_wake_at_commit
+ *		When (if) the transaction commits, start or wake the relay of the
+ *		current database and have it look at eo.delivery: for callers that
+ *		inserted or changed deliveries the relay cannot know about
+ *		(eo.relay_run(), eo.redrive() through eo.wake_relay()).  A no-op
+ *		when the library is not preloaded.
+ */
+void
+eo_relay_wake_at_commit(void)
+{
+	if (eo_relay == NULL)
+		return;
+	register_wake_callback();
+	start_at_commit = true;
+}
+
+/*
  * eo.wake_relay() RETURNS void
  *
  * Start (or wake) the relay of the current database when the transaction
@@ -340,8 +357,7 @@ eo_wake_relay(PG_FUNCTION_ARGS)
 				 errhint("Add eo_processing to shared_preload_libraries and restart the server.")));
 		PG_RETURN_VOID();
 	}
-	register_wake_callback();
-	start_at_commit = true;
+	eo_relay_wake_at_commit();
 	PG_RETURN_VOID();
 }
 

@@ -974,6 +974,12 @@ worker_detach(int code, Datum arg)
  * where no relay worker runs (library not preloaded, eo.relay_enabled off)
  * and for tests: NOTIFYs go out when the caller commits, and a concurrent
  * relay skips the messages this call has claimed.
+ *
+ * What it cannot finish itself (http deliveries, which are never sent
+ * inside a transaction; deliveries held behind a key; retries it
+ * scheduled) it leaves in eo.delivery, and it wakes the relay worker when
+ * the caller commits so that the worker looks at eo.delivery: the worker
+ * cannot see rows another backend inserted otherwise.
  */
 PG_FUNCTION_INFO_V1(eo_relay_run);
 
@@ -982,6 +988,7 @@ eo_relay_run(PG_FUNCTION_ARGS)
 {
 	int			limit = PG_ARGISNULL(0) ? eo_relay_batch_size : PG_GETARG_INT32(0);
 	int			routed;
+	int			retried;
 	TimestampTz next_retry = DT_NOEND;
 
 	if (limit < 1)
@@ -995,8 +1002,11 @@ eo_relay_run(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "eo_processing: SPI_connect failed");
 	routed = route_batch(limit);
-	(void) retry_batch(limit, &next_retry);
+	retried = retry_batch(limit, &next_retry);
 	SPI_finish();
+
+	if (routed > 0 || retried > 0)
+		eo_relay_wake_at_commit();
 
 	PG_RETURN_INT32(routed);
 }
@@ -1058,6 +1068,23 @@ eo_relay_worker_main(Datum main_arg)
 	batch_limit = eo_relay_batch_size;
 
 	exit_if_unwanted();
+
+	/*
+	 * The database has the extension.  A probe of the launcher's scan
+	 * while the relay is off has learnt what it came for: exit, keeping
+	 * the slot (eo.relay_status shows the database as disabled); the
+	 * launcher starts a worker again when eo.relay_enabled comes on.
+	 */
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	my_slot->probe = false;
+	LWLockRelease(eo_relay->lock);
+	if (!eo_relay_enabled)
+	{
+		ereport(LOG,
+				(errmsg("eo_processing relay of database %u not started: eo.relay_enabled is off",
+						my_dboid)));
+		proc_exit(0);
+	}
 	ereport(LOG, (errmsg("eo_processing relay started for database %u", my_dboid)));
 
 	for (;;)
@@ -1084,6 +1111,7 @@ eo_relay_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			batch_limit = Min(batch_limit, eo_relay_batch_size);
 			next_housekeeping = 0;	/* the interval may have changed */
+			retry_needed = true;	/* eo.relay_enabled may have come on */
 		}
 		MemoryContextReset(loop_cxt);
 		my_slot->last_wakeup = GetCurrentTimestamp();
@@ -1114,6 +1142,15 @@ eo_relay_worker_main(Datum main_arg)
 				retry_needed = true;	/* new held or failed deliveries */
 
 			now = GetCurrentTimestamp();
+
+			/*
+			 * Deliveries this loop did not make (eo.relay_run(), a redrive,
+			 * rows written by hand) are announced by retry_requested; as a
+			 * safety net, look at eo.delivery once per naptime anyway.  Both
+			 * steps find due deliveries through an index: cheap when idle.
+			 */
+			if (now >= next_housekeeping)
+				retry_needed = true;
 			http_wanted = retry_needed || now >= next_retry || eo_http_work_waiting();
 			if (retry_needed || now >= next_retry)
 			{

@@ -293,16 +293,26 @@ sub eo_wait_drained
 		   AND NOT EXISTS (SELECT 1 FROM eo.delivery WHERE state <> 'dead')});
 }
 
-# eo_set_relay_enabled($node, 'on' | 'off'): ALTER SYSTEM and reload, then
-# wait until new sessions see the value.  (The server keeps the setting
-# across a crash restart, and a restart reads it from postgresql.auto.conf.)
+# eo_set_relay_enabled($node, 'on' | 'off' [, $dbname]): ALTER SYSTEM and
+# reload, then wait until new sessions see the value.  (The server keeps the
+# setting across a crash restart, and a restart reads it from
+# postgresql.auto.conf.)  With $dbname, also wait until the running relay
+# worker of that database has woken up after the reload (it stamps
+# last_wakeup once it has re-read the configuration).
 sub eo_set_relay_enabled
 {
-	my ($node, $value) = @_;
-	$node->safe_psql('postgres',
-		"ALTER SYSTEM SET eo.relay_enabled = $value; SELECT pg_reload_conf()");
+	my ($node, $value, $dbname) = @_;
+	my $before = $node->safe_psql('postgres',
+		"ALTER SYSTEM SET eo.relay_enabled = $value; SELECT clock_timestamp()");
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
 	$node->poll_query_until('postgres', 'SHOW eo.relay_enabled', $value)
 	  or die "eo.relay_enabled did not become $value";
+	if (defined $dbname)
+	{
+		$node->poll_query_until('postgres',
+			qq{SELECT last_wakeup > '$before' FROM eo.relay_status WHERE datname = '$dbname'})
+		  or die "the relay of $dbname did not wake up after the reload";
+	}
 	return;
 }
 
