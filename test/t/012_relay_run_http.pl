@@ -9,6 +9,9 @@
 #   (c) The same class for notify: a notify delivery that eo.relay_run()
 #       could not deliver (the topic is too long for a NOTIFY channel) is
 #       scheduled for a retry; the relay must make that retry on time.
+#   (d) eo.route_unrouted(): a message the relay routed while nothing
+#       subscribed to its topic is delivered once the destination subscribes
+#       and the operator routes the unrouted backlog to it.
 #
 # The relay's naptime is an hour (eo_http_node): nothing is sent unless a
 # commit wakes the relay or it scheduled the work itself.
@@ -130,6 +133,28 @@ SELECT eo.subscribe('long.*', 'long');
 			qq{SELECT state = 'dead' AND attempts = 2 FROM eo.delivery WHERE message_id = '$id'},
 			$settle),
 		"(c) the relay made the second attempt within $settle s (then gave up)");
+}
+
+######################################################################
+# (d) the unrouted backlog, routed by eo.route_unrouted()
+######################################################################
+
+{
+	my $id = $node->safe_psql('postgres',
+		q{SELECT eo.publish('audit.late', '{"n": 4}'::jsonb)});
+	ok(poll(qq{SELECT EXISTS (SELECT 1 FROM eo.unrouted WHERE id = '$id')}, $settle),
+		'(d) the relay routed the message to nobody');
+	is($receiver->stats->{received}, 0, '(d) nothing was sent');
+	is( $node->safe_psql(
+			'postgres', q{
+SELECT eo.subscribe('audit.*', 'hooks');
+SELECT eo.route_unrouted('hooks');
+}),
+		"\n1",
+		'(d) eo.route_unrouted() gave it a delivery');
+	sent($id, '(d)');
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM eo.unrouted}),
+		'0', '(d) no message is left unrouted');
 }
 
 $receiver->stop;
