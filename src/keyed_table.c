@@ -27,7 +27,10 @@
  *	  Under REPEATABLE READ and SERIALIZABLE, a row with our key that was
  *	  committed by a transaction our snapshot cannot see raises SQLSTATE
  *	  40001: the caller must not act on (or skip because of) data it is not
- *	  allowed to see.  This matches INSERT ... ON CONFLICT.
+ *	  allowed to see.  This matches INSERT ... ON CONFLICT.  The exception
+ *	  is bookkeeping that is not the caller's data, such as the last id of
+ *	  a message key (outbox.c): kt_find_latest() and kt_lock_latest() work
+ *	  on the latest committed version whatever the isolation level.
  *
  *	  Tables are accessed without permission checks on them: the SQL
  *	  functions built on this file are the access control (EXECUTE on the
@@ -414,17 +417,18 @@ kt_insert_plain(KeyedTable *kt)
 }
 
 /*
- * kt_lock
- *		Lock the row at *tid in the given mode, waiting for concurrent
- *		writers, and load it into oldslot.
- *
- * Returns false when the row was updated or deleted by a transaction that
- * committed while we waited (READ COMMITTED: the caller starts over with
- * kt_find_existing()).  Under REPEATABLE READ / SERIALIZABLE that case
- * raises a serialization failure instead, as UPDATE does.
+ * lock_row
+ *		Common body of kt_lock() and kt_lock_latest(): lock the row at *tid
+ *		in the given mode, waiting for concurrent writers, and load it into
+ *		oldslot.  With "snapshot_rules", a row our snapshot may not act on
+ *		and a row changed by a transaction that committed while we waited
+ *		raise a serialization failure under REPEATABLE READ / SERIALIZABLE;
+ *		without, the caller gets the latest committed version whatever its
+ *		isolation level (false: look again).
  */
-bool
-kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+static bool
+lock_row(KeyedTable *kt, ItemPointer tid, LockTupleMode mode,
+		 bool snapshot_rules)
 {
 	TM_FailureData tmfd;
 	TM_Result	result;
@@ -448,13 +452,13 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 	switch (result)
 	{
 		case TM_Ok:
-			if (!slot_visible(kt, kt->oldslot))
+			if (snapshot_rules && !slot_visible(kt, kt->oldslot))
 				kt_report_invisible(kt);
 			return true;
 
 		case TM_Updated:
 		case TM_Deleted:
-			if (IsolationUsesXactSnapshot())
+			if (snapshot_rules && IsolationUsesXactSnapshot())
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to concurrent %s",
@@ -473,6 +477,37 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 				 (int) result, RelationGetRelationName(kt->rel));
 	}
 	return false;				/* keep compiler quiet */
+}
+
+/*
+ * kt_lock
+ *		Lock the row at *tid in the given mode, waiting for concurrent
+ *		writers, and load it into oldslot.
+ *
+ * Returns false when the row was updated or deleted by a transaction that
+ * committed while we waited (READ COMMITTED: the caller starts over with
+ * kt_find_existing()).  Under REPEATABLE READ / SERIALIZABLE that case
+ * raises a serialization failure instead, as UPDATE does.
+ */
+bool
+kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+{
+	return lock_row(kt, tid, mode, true);
+}
+
+/*
+ * kt_lock_latest
+ *		kt_lock() for bookkeeping rows whose content the caller's snapshot
+ *		has no say in (see the header of this file): lock the latest
+ *		committed version found by kt_find_latest() under any isolation
+ *		level.  Returns false when that version was updated or deleted by
+ *		a transaction that committed while we waited: the caller looks
+ *		again with kt_find_latest().
+ */
+bool
+kt_lock_latest(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+{
+	return lock_row(kt, tid, mode, false);
 }
 
 /*

@@ -62,6 +62,8 @@ extern bool kt_fetch_visible(KeyedTable *kt);
 extern bool kt_insert_new(KeyedTable *kt);
 extern void kt_insert_plain(KeyedTable *kt);
 extern bool kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode);
+extern bool kt_lock_latest(KeyedTable *kt, ItemPointer tid,
+						   LockTupleMode mode);
 extern void kt_update(KeyedTable *kt);
 extern void kt_delete(KeyedTable *kt);
 
