@@ -292,7 +292,11 @@ check_headers(Jsonb *headers)
  * publisher that waited for another one, or whose snapshot predates the
  * last publication of the key, proceeds (with the larger id) instead of
  * failing with a serialization error; its snapshot is not changed and
- * still does not show the other transaction's message.
+ * still does not show the other transaction's message.  (Under
+ * SERIALIZABLE, the probe of the key, the one INSERT ... ON CONFLICT makes,
+ * is still a read the predicate-lock machinery tracks: with three or more
+ * concurrent publishers of one key it can still end one of them with a
+ * serialization failure, "read/write dependencies among transactions".)
  */
 static void
 claim_key(text *key, pg_uuid_t *id, TimestampTz now)
