@@ -292,11 +292,10 @@ check_headers(Jsonb *headers)
  * publisher that waited for another one, or whose snapshot predates the
  * last publication of the key, proceeds (with the larger id) instead of
  * failing with a serialization error; its snapshot is not changed and
- * still does not show the other transaction's message.  (Under
- * SERIALIZABLE, the probe of the key, the one INSERT ... ON CONFLICT makes,
- * is still a read the predicate-lock machinery tracks: with three or more
- * concurrent publishers of one key it can still end one of them with a
- * serialization failure, "read/write dependencies among transactions".)
+ * still does not show the other transaction's message.  Under
+ * SERIALIZABLE, the key's row is found with a dirty snapshot only, which
+ * is not a read that the predicate-lock machinery tracks: concurrent
+ * publishers of one key form no read/write dependency through it.
  */
 static void
 claim_key(text *key, pg_uuid_t *id, TimestampTz now)
@@ -309,14 +308,13 @@ claim_key(text *key, pg_uuid_t *id, TimestampTz now)
 	{
 		ItemPointerData tid;
 		bool		found;
-		bool		visible;	/* to our snapshot: irrelevant here */
 
 		kt_clear_newslot(kt);
 		slot->tts_values[KEY_KEY] = PointerGetDatum(key);
 		slot->tts_isnull[KEY_KEY] = false;
 		ExecStoreVirtualTuple(slot);
 
-		found = kt_find_latest(kt, &tid, &visible);
+		found = kt_find_latest_untracked(kt, &tid);
 		if (found && !kt_lock_latest(kt, &tid, LockTupleNoKeyExclusive))
 			continue;			/* changed meanwhile: look again */
 
