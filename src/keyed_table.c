@@ -500,10 +500,10 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
  * kt_lock_latest
  *		kt_lock() for bookkeeping rows whose content the caller's snapshot
  *		has no say in (see the header of this file): lock the latest
- *		committed version found by kt_find_latest() under any isolation
- *		level.  Returns false when that version was updated or deleted by
- *		a transaction that committed while we waited: the caller looks
- *		again with kt_find_latest().
+ *		committed version found by kt_find_latest_untracked() under any
+ *		isolation level.  Returns false when that version was updated or
+ *		deleted by a transaction that committed while we waited: the
+ *		caller looks again.
  */
 bool
 kt_lock_latest(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)

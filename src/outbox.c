@@ -15,9 +15,10 @@
  *		which it makes larger than the key's previous id.  Publishers of
  *		one key are thereby serialised: within a key, id order is commit
  *		order, and the relay can deliver a key's messages in id order
- *		without ever skipping one that commits late.  The row is read and
- *		locked in its latest committed version under every isolation
- *		level, so publishing never fails with a serialization error.
+ *		without ever skipping one that commits late.  The row is found
+ *		(with a dirty snapshot) and locked in its latest committed version
+ *		under every isolation level, so publishing a key causes no
+ *		serialization failure of its own.
  *	  - At commit, a transaction that published sets the latch of its
  *		database's relay worker, so delivery starts without polling.
  *
