@@ -36,6 +36,8 @@ SELECT eo.process('m', 'default', interval '300000 years');
 SET eo.dedup_retention = 0;
 SET eo.dedup_retention = -2;
 SET eo.dedup_retention = 'soon';
+SET eo.dedup_retention = '-1 day';
+SET eo.dedup_retention = '1001 years';
 
 -- set_result on a message that was never processed
 SELECT eo.set_result('never', '{}');

@@ -98,6 +98,63 @@ DEALLOCATE by_interval;
 DEALLOCATE by_text;
 DEALLOCATE by_unknown;
 
+-- eo.dedup_retention takes what retain takes: any interval, and 'infinity';
+-- and still every value it took as a number of seconds: a plain number
+-- (seconds), a number with a unit ('7d', '3600s', '90min'), -1 (forever).
+-- Day and month parts are calendar arithmetic, as for retain (UTC here, so
+-- that a day is always 24 hours).
+SET TIME ZONE 'UTC';
+SET eo.dedup_retention = '2 days';
+SHOW eo.dedup_retention;
+SET eo.dedup_retention = '1 week';
+SHOW eo.dedup_retention;
+SET eo.dedup_retention = 'infinity';
+SHOW eo.dedup_retention;
+RESET eo.dedup_retention;
+CREATE FUNCTION process_with_retention(setting text)
+RETURNS TABLE (processed_at timestamptz, expires_at timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('eo.dedup_retention', setting, true);
+    PERFORM eo.process('guc: ' || setting, 'guc');
+    RETURN QUERY SELECT i.processed_at, i.expires_at FROM eo.inbox AS i
+                  WHERE i.consumer = 'guc' AND i.msg_id = 'guc: ' || setting;
+END $$;
+SELECT v.setting,
+       CASE WHEN r.expires_at = 'infinity' THEN 'forever'
+            ELSE (r.expires_at - r.processed_at)::text END AS remembered_for,
+       r.expires_at = r.processed_at + v.expected AS as_retain_would
+  FROM (VALUES ('2 days', interval '2 days'), ('1 week', '7 days'),
+               ('36 hours', '36 hours'), ('1 day 2 hours', '1 day 2 hours'),
+               ('P1DT12H', '1 day 12 hours'),
+               ('7d', '168 hours'), ('3600s', '1 hour'), ('90min', '90 minutes'),
+               ('5400', '90 minutes'), ('-1', NULL), ('infinity', NULL),
+               (' INFINITY ', NULL))
+       AS v(setting, expected),
+       LATERAL process_with_retention(v.setting) AS r
+ ORDER BY v.setting;
+SHOW eo.dedup_retention;
+SELECT expires_at = processed_at + interval '1 month' AS a_calendar_month
+  FROM process_with_retention('1 month');
+SELECT expires_at = processed_at + interval '1000 years' AS longest
+  FROM process_with_retention('1000 years');
+DROP FUNCTION process_with_retention(text);
+RESET TIME ZONE;
+
+-- Bad values: a clear error, and the setting keeps its value.
+SET eo.dedup_retention = '36h';
+SET eo.dedup_retention = 'soon';
+SET eo.dedup_retention = '';
+SET eo.dedup_retention = 0;
+SET eo.dedup_retention = '0 days';
+SET eo.dedup_retention = -2;
+SET eo.dedup_retention = '-1 day';
+SET eo.dedup_retention = '1 day -2 hours';
+SET eo.dedup_retention = '-infinity';
+SET eo.dedup_retention = '1001 years';
+SHOW eo.dedup_retention;
+RESET eo.dedup_retention;
+
 -- Expired records stop deduplicating and are taken over; their result
 -- is gone.  (Records are aged by rewriting expires_at.)
 SELECT eo.process('old', 'exp');

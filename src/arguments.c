@@ -57,6 +57,26 @@ eo_text_arg(FunctionCallInfo fcinfo, int argno, const char *argname,
 }
 
 /*
+ * eo_is_infinity_text
+ *		Is "value" the word infinity (any case, surrounding spaces
+ *		allowed)?  The spelling of "forever" for retention periods, since
+ *		PostgreSQL 15's interval type has no infinity.
+ */
+bool
+eo_is_infinity_text(const char *value)
+{
+	size_t		len;
+
+	while (*value == ' ')
+		value++;
+	len = strlen(value);
+	while (len > 0 && value[len - 1] == ' ')
+		len--;
+	return len == strlen("infinity") &&
+		pg_strncasecmp(value, "infinity", len) == 0;
+}
+
+/*
  * eo_expiry_from_interval
  *		now + retain, refusing a retention that is not positive.
  *
@@ -81,12 +101,15 @@ eo_expiry_from_interval(TimestampTz now, const Interval *retain)
 
 /*
  * eo_expiry_default
- *		Expiry time given by the eo.dedup_retention setting.
+ *		Expiry time given by the eo.dedup_retention setting: now plus the
+ *		setting's interval (as eo_expiry_from_interval() adds "retain"), or
+ *		DT_NOEND for forever.  The setting's check hook has made sure the
+ *		interval is positive and short enough for the sum to exist.
  */
 TimestampTz
 eo_expiry_default(TimestampTz now)
 {
-	if (eo_dedup_retention_secs < 0)
+	if (eo_dedup_retention.forever)
 		return DT_NOEND;
-	return TimestampTzPlusMilliseconds(now, (int64) eo_dedup_retention_secs * 1000);
+	return eo_expiry_from_interval(now, &eo_dedup_retention.span);
 }

@@ -17,6 +17,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -27,8 +28,16 @@
 
 PG_MODULE_MAGIC;
 
-/* How long eo.process() remembers a message when no "retain" is given. */
-int			eo_dedup_retention_secs = 7 * 24 * 60 * 60;
+/*
+ * How long eo.process() remembers a message when no "retain" is given:
+ * eo.dedup_retention as written (SHOW prints it) and as parsed by its
+ * check hook (set by the assign hook; this initial value is the default's).
+ */
+static char *dedup_retention_text = NULL;
+EoRetention eo_dedup_retention = {false, {7 * USECS_PER_DAY, 0, 0}};
+
+/* Longest eo.dedup_retention short of 'infinity'. */
+#define DEDUP_RETENTION_MAX_YEARS 1000
 
 /* The relay (see relay.h) */
 bool		eo_relay_enabled = true;
@@ -47,19 +56,144 @@ int			eo_key_retention_secs = 24 * 60 * 60;
 void		_PG_init(void);
 
 /*
- * A retention of zero would make every record expire at the moment it is
- * written, which silently turns deduplication off; -1 is the spelling of
- * "forever".
+ * parse_interval_text
+ *		Read "value" as interval input (as interval_in would, including the
+ *		ISO 8601 form), without raising an error: returns false for text
+ *		that is not an interval or one out of range.
+ *
+ * Check hooks must report bad values by returning false, not by raising
+ * an error (they also run in the postmaster and outside transactions), and
+ * PostgreSQL 15's interval_in can only raise one, so this calls the same
+ * parsing routines, which return error codes.
  */
 static bool
-check_dedup_retention(int *newval, void **extra, GucSource source)
+parse_interval_text(const char *value, Interval *result)
 {
-	if (*newval == 0 || *newval < -1)
+	char		workbuf[256];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype = 0;
+	int			dterr;
+	struct pg_itm_in itm_in;
+
+	memset(&itm_in, 0, sizeof(itm_in));
+	dterr = ParseDateTime(value, workbuf, sizeof(workbuf), field, ftype,
+						  MAXDATEFIELDS, &nf);
+	if (dterr == 0)
+		dterr = DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE,
+							   &dtype, &itm_in);
+	if (dterr == DTERR_BAD_FORMAT)
 	{
-		GUC_check_errdetail("eo.dedup_retention must be positive, or -1 to remember messages forever.");
+		char	   *copy = pstrdup(value);
+
+		memset(&itm_in, 0, sizeof(itm_in));
+		dterr = DecodeISO8601Interval(copy, &dtype, &itm_in);
+		pfree(copy);
+	}
+	if (dterr != 0 || dtype != DTK_DELTA)
+		return false;
+	return itmin2interval(&itm_in, result) == 0;
+}
+
+/*
+ * parse_dedup_retention
+ *		Read a value of eo.dedup_retention into *result; false (with the
+ *		GUC error detail set) when it is not acceptable.
+ *
+ * Accepted, in this order:
+ *	- what the setting accepted when it was an integer number of seconds:
+ *	  a number with an optional unit ('604800', '7d', '36h', '90min',
+ *	  '3600s'), read by the server's own integer-setting parser so that
+ *	  every old value keeps its exact meaning; -1 means forever;
+ *	- 'infinity' (any case): forever, as eo.process()'s retain;
+ *	- any interval ('2 days', '1 week', '1 day 2 hours', 'P1W'), with the
+ *	  calendar meaning eo.process()'s retain gives it.
+ * The retention must be positive (no negative part, not zero) and at most
+ * DEDUP_RETENTION_MAX_YEARS years, so that an expiry time can always be
+ * computed.
+ */
+static bool
+parse_dedup_retention(const char *value, EoRetention *result)
+{
+	int			secs;
+	const char *hint = NULL;
+	Interval	span;
+	double		approx_days;
+
+	memset(result, 0, sizeof(EoRetention));
+
+	if (parse_int(value, &secs, GUC_UNIT_S, &hint))
+	{
+		if (secs == -1)
+		{
+			result->forever = true;
+			return true;
+		}
+		if (secs <= 0)
+		{
+			GUC_check_errdetail("eo.dedup_retention must be positive; 'infinity' (or -1) remembers messages forever.");
+			return false;
+		}
+		result->span.time = (int64) secs * USECS_PER_SEC;
+		return true;
+	}
+
+	if (eo_is_infinity_text(value))
+	{
+		result->forever = true;
+		return true;
+	}
+
+	if (!parse_interval_text(value, &span))
+	{
+		GUC_check_errdetail("eo.dedup_retention must be an interval such as '7 days', '36 hours', '1 week' or '7d', or 'infinity' to remember messages forever.");
 		return false;
 	}
+	if (span.month < 0 || span.day < 0 || span.time < 0 ||
+		(span.month == 0 && span.day == 0 && span.time == 0))
+	{
+		GUC_check_errdetail("eo.dedup_retention must be positive, with no negative part; 'infinity' (or -1) remembers messages forever.");
+		return false;
+	}
+	approx_days = (double) span.month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) +
+		span.day + (double) span.time / USECS_PER_DAY;
+	if (approx_days > DEDUP_RETENTION_MAX_YEARS * DAYS_PER_YEAR)
+	{
+		GUC_check_errdetail("eo.dedup_retention must be at most %d years; 'infinity' remembers messages forever.",
+							DEDUP_RETENTION_MAX_YEARS);
+		return false;
+	}
+	result->span = span;
 	return true;
+}
+
+/*
+ * check_dedup_retention
+ *		Parse eo.dedup_retention once, into a malloc'd EoRetention that the
+ *		GUC machinery keeps with the value (and frees with it).
+ */
+static bool
+check_dedup_retention(char **newval, void **extra, GucSource source)
+{
+	EoRetention parsed;
+	EoRetention *copy;
+
+	if (*newval == NULL || !parse_dedup_retention(*newval, &parsed))
+		return false;
+	copy = (EoRetention *) malloc(sizeof(EoRetention));
+	if (copy == NULL)
+		return false;
+	*copy = parsed;
+	*extra = copy;
+	return true;
+}
+
+/* assign_dedup_retention: publish the parsed value to eo_expiry_default(). */
+static void
+assign_dedup_retention(const char *newval, void *extra)
+{
+	eo_dedup_retention = *(EoRetention *) extra;
 }
 
 /* eo.retry_delays must be a non-empty list of non-negative intervals. */
@@ -171,16 +305,16 @@ check_allowed_hosts(char **newval, void **extra, GucSource source)
 void
 _PG_init(void)
 {
-	DefineCustomIntVariable("eo.dedup_retention",
-							"How long eo.process() remembers a processed message by default.",
-							"Used when eo.process() is called without \"retain\". "
-							"-1 remembers messages forever.",
-							&eo_dedup_retention_secs,
-							7 * 24 * 60 * 60,
-							-1, INT_MAX,
-							PGC_USERSET,
-							GUC_UNIT_S,
-							check_dedup_retention, NULL, NULL);
+	DefineCustomStringVariable("eo.dedup_retention",
+							   "How long eo.process() remembers a processed message by default.",
+							   "Used when eo.process() is called without \"retain\". "
+							   "An interval ('7 days', '36h'), a number of seconds, "
+							   "or 'infinity' (or -1) to remember messages forever.",
+							   &dedup_retention_text,
+							   "7d",
+							   PGC_USERSET, 0,
+							   check_dedup_retention, assign_dedup_retention,
+							   NULL);
 
 	DefineCustomBoolVariable("eo.relay_enabled",
 							 "Whether the relay delivers outbox messages.",

@@ -27,12 +27,23 @@
 #define EO_MAX_NAME_BYTES		256		/* consumer, producer names, topics */
 #define EO_MAX_HEADERS_BYTES	4096	/* message headers, as stored */
 
+/*
+ * A retention period: "forever", or an interval added to the time a record
+ * is written (calendar arithmetic, as timestamptz + interval).
+ */
+typedef struct EoRetention
+{
+	bool		forever;
+	Interval	span;			/* positive; unused when forever */
+} EoRetention;
+
 /* GUC variables (eo_processing.c) */
-extern int	eo_dedup_retention_secs;	/* -1 means forever */
+extern EoRetention eo_dedup_retention;	/* eo.dedup_retention, parsed */
 
 /* arguments.c */
 extern text *eo_text_arg(FunctionCallInfo fcinfo, int argno,
 						 const char *argname, int max_bytes);
+extern bool eo_is_infinity_text(const char *value);
 extern TimestampTz eo_expiry_from_interval(TimestampTz now,
 										   const Interval *retain);
 extern TimestampTz eo_expiry_default(TimestampTz now);

@@ -279,17 +279,8 @@ eo_process_retain_text(PG_FUNCTION_ARGS)
 	else
 	{
 		char	   *retain = text_to_cstring(PG_GETARG_TEXT_PP(2));
-		char	   *trimmed = retain;
-		size_t		len;
 
-		while (*trimmed == ' ')
-			trimmed++;
-		len = strlen(trimmed);
-		while (len > 0 && trimmed[len - 1] == ' ')
-			len--;
-
-		if (len == strlen("infinity") &&
-			pg_strncasecmp(trimmed, "infinity", len) == 0)
+		if (eo_is_infinity_text(retain))
 			expires = DT_NOEND;
 		else
 		{

@@ -27,7 +27,11 @@
  *	  Under REPEATABLE READ and SERIALIZABLE, a row with our key that was
  *	  committed by a transaction our snapshot cannot see raises SQLSTATE
  *	  40001: the caller must not act on (or skip because of) data it is not
- *	  allowed to see.  This matches INSERT ... ON CONFLICT.
+ *	  allowed to see.  This matches INSERT ... ON CONFLICT.  The exception
+ *	  is bookkeeping that is not the caller's data, such as the last id of
+ *	  a message key (outbox.c): kt_find_latest_untracked() and
+ *	  kt_lock_latest() work on the latest committed version whatever the
+ *	  isolation level.
  *
  *	  Tables are accessed without permission checks on them: the SQL
  *	  functions built on this file are the access control (EXECUTE on the
@@ -414,17 +418,18 @@ kt_insert_plain(KeyedTable *kt)
 }
 
 /*
- * kt_lock
- *		Lock the row at *tid in the given mode, waiting for concurrent
- *		writers, and load it into oldslot.
- *
- * Returns false when the row was updated or deleted by a transaction that
- * committed while we waited (READ COMMITTED: the caller starts over with
- * kt_find_existing()).  Under REPEATABLE READ / SERIALIZABLE that case
- * raises a serialization failure instead, as UPDATE does.
+ * lock_row
+ *		Common body of kt_lock() and kt_lock_latest(): lock the row at *tid
+ *		in the given mode, waiting for concurrent writers, and load it into
+ *		oldslot.  With "snapshot_rules", a row our snapshot may not act on
+ *		and a row changed by a transaction that committed while we waited
+ *		raise a serialization failure under REPEATABLE READ / SERIALIZABLE;
+ *		without, the caller gets the latest committed version whatever its
+ *		isolation level (false: look again).
  */
-bool
-kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+static bool
+lock_row(KeyedTable *kt, ItemPointer tid, LockTupleMode mode,
+		 bool snapshot_rules)
 {
 	TM_FailureData tmfd;
 	TM_Result	result;
@@ -448,13 +453,13 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 	switch (result)
 	{
 		case TM_Ok:
-			if (!slot_visible(kt, kt->oldslot))
+			if (snapshot_rules && !slot_visible(kt, kt->oldslot))
 				kt_report_invisible(kt);
 			return true;
 
 		case TM_Updated:
 		case TM_Deleted:
-			if (IsolationUsesXactSnapshot())
+			if (snapshot_rules && IsolationUsesXactSnapshot())
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to concurrent %s",
@@ -473,6 +478,37 @@ kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
 				 (int) result, RelationGetRelationName(kt->rel));
 	}
 	return false;				/* keep compiler quiet */
+}
+
+/*
+ * kt_lock
+ *		Lock the row at *tid in the given mode, waiting for concurrent
+ *		writers, and load it into oldslot.
+ *
+ * Returns false when the row was updated or deleted by a transaction that
+ * committed while we waited (READ COMMITTED: the caller starts over with
+ * kt_find_existing()).  Under REPEATABLE READ / SERIALIZABLE that case
+ * raises a serialization failure instead, as UPDATE does.
+ */
+bool
+kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+{
+	return lock_row(kt, tid, mode, true);
+}
+
+/*
+ * kt_lock_latest
+ *		kt_lock() for bookkeeping rows whose content the caller's snapshot
+ *		has no say in (see the header of this file): lock the latest
+ *		committed version found by kt_find_latest_untracked() under any
+ *		isolation level.  Returns false when that version was updated or
+ *		deleted by a transaction that committed while we waited: the
+ *		caller looks again.
+ */
+bool
+kt_lock_latest(KeyedTable *kt, ItemPointer tid, LockTupleMode mode)
+{
+	return lock_row(kt, tid, mode, false);
 }
 
 /*
@@ -505,6 +541,53 @@ kt_delete(KeyedTable *kt)
 }
 
 /*
+ * unique_index_keys
+ *		Find the table's unique index and fill "keys" with an equality scan
+ *		key per key column, taking the values from newslot.  Returns the
+ *		number of keys; *index receives the index (open, owned by kt).
+ */
+static int
+unique_index_keys(KeyedTable *kt, Relation *index, ScanKey keys)
+{
+	ResultRelInfo *rri = kt->rri;
+	IndexInfo  *info = NULL;
+	int			nkeys;
+
+	*index = NULL;
+	for (int i = 0; i < rri->ri_NumIndices; i++)
+	{
+		if (rri->ri_IndexRelationInfo[i]->ii_Unique)
+		{
+			*index = rri->ri_IndexRelationDescs[i];
+			info = rri->ri_IndexRelationInfo[i];
+			break;
+		}
+	}
+	if (*index == NULL)
+		elog(ERROR, "eo_processing: \"%s\" has no unique index",
+			 RelationGetRelationName(kt->rel));
+
+	nkeys = IndexRelationGetNumberOfKeyAttributes(*index);
+	for (int i = 0; i < nkeys; i++)
+	{
+		AttrNumber	heapatt = info->ii_IndexAttrNumbers[i];
+		Oid			eqop = get_opfamily_member((*index)->rd_opfamily[i],
+											   (*index)->rd_opcintype[i],
+											   (*index)->rd_opcintype[i],
+											   BTEqualStrategyNumber);
+
+		if (!OidIsValid(eqop))
+			elog(ERROR, "eo_processing: no equality operator for index column %d of \"%s\"",
+				 i + 1, RelationGetRelationName(*index));
+		ScanKeyEntryInitialize(&keys[i], 0, i + 1, BTEqualStrategyNumber,
+							   InvalidOid, (*index)->rd_indcollation[i],
+							   get_opcode(eqop),
+							   kt->newslot->tts_values[heapatt - 1]);
+	}
+	return nkeys;
+}
+
+/*
  * kt_fetch_visible
  *		Read the row with newslot's key that our snapshot sees into oldslot,
  *		without waiting or locking (a plain MVCC index lookup).  Returns
@@ -513,49 +596,68 @@ kt_delete(KeyedTable *kt)
 bool
 kt_fetch_visible(KeyedTable *kt)
 {
-	ResultRelInfo *rri = kt->rri;
-	Relation	index = NULL;
-	IndexInfo  *info = NULL;
+	Relation	index;
 	ScanKeyData keys[INDEX_MAX_KEYS];
 	IndexScanDesc scan;
 	int			nkeys;
 	bool		found;
 
-	for (int i = 0; i < rri->ri_NumIndices; i++)
-	{
-		if (rri->ri_IndexRelationInfo[i]->ii_Unique)
-		{
-			index = rri->ri_IndexRelationDescs[i];
-			info = rri->ri_IndexRelationInfo[i];
-			break;
-		}
-	}
-	if (index == NULL)
-		elog(ERROR, "eo_processing: \"%s\" has no unique index",
-			 RelationGetRelationName(kt->rel));
-
-	nkeys = IndexRelationGetNumberOfKeyAttributes(index);
-	for (int i = 0; i < nkeys; i++)
-	{
-		AttrNumber	heapatt = info->ii_IndexAttrNumbers[i];
-		Oid			eqop = get_opfamily_member(index->rd_opfamily[i],
-											   index->rd_opcintype[i],
-											   index->rd_opcintype[i],
-											   BTEqualStrategyNumber);
-
-		if (!OidIsValid(eqop))
-			elog(ERROR, "eo_processing: no equality operator for index column %d of \"%s\"",
-				 i + 1, RelationGetRelationName(index));
-		ScanKeyEntryInitialize(&keys[i], 0, i + 1, BTEqualStrategyNumber,
-							   InvalidOid, index->rd_indcollation[i],
-							   get_opcode(eqop),
-							   kt->newslot->tts_values[heapatt - 1]);
-	}
-
+	nkeys = unique_index_keys(kt, &index, keys);
 	scan = index_beginscan(kt->rel, index, kt->estate->es_snapshot, nkeys, 0);
 	index_rescan(scan, keys, nkeys, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, kt_oldslot(kt));
 	index_endscan(scan);
 
 	return found;
+}
+
+/*
+ * kt_find_latest_untracked
+ *		kt_find_latest() for bookkeeping rows (see the header of this
+ *		file): wait for transactions still writing a row with newslot's
+ *		key, then return false if there is none, or true with its latest
+ *		committed (or our own) version in oldslot and its TID in *tid.
+ *
+ * The probe uses a dirty snapshot only, never the transaction snapshot,
+ * so under SERIALIZABLE it is not a read the predicate-lock machinery
+ * tracks (the ON CONFLICT probe of kt_find_latest() is one): concurrent
+ * publishers of one key do not form read/write dependencies through it.
+ * The row is not locked.
+ */
+bool
+kt_find_latest_untracked(KeyedTable *kt, ItemPointer tid)
+{
+	Relation	index;
+	ScanKeyData keys[INDEX_MAX_KEYS];
+	SnapshotData dirty;
+	int			nkeys;
+
+	nkeys = unique_index_keys(kt, &index, keys);
+	InitDirtySnapshot(dirty);
+	for (;;)
+	{
+		IndexScanDesc scan;
+		bool		found;
+		TransactionId xwait;
+
+		scan = index_beginscan(kt->rel, index, &dirty, nkeys, 0);
+		index_rescan(scan, keys, nkeys, NULL, 0);
+		found = index_getnext_slot(scan, ForwardScanDirection, kt_oldslot(kt));
+		index_endscan(scan);
+		if (!found)
+			return false;
+
+		/* A writer still in progress: wait for it, then look again. */
+		xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+		if (!TransactionIdIsValid(xwait))
+		{
+			*tid = kt->oldslot->tts_tid;
+			return true;
+		}
+		if (dirty.speculativeToken)
+			SpeculativeInsertionWait(dirty.xmin, dirty.speculativeToken);
+		else
+			XactLockTableWait(xwait, kt->rel, &kt->oldslot->tts_tid,
+							  XLTW_InsertIndex);
+	}
 }

@@ -57,11 +57,14 @@ extern void kt_close(KeyedTable *kt);
 extern void kt_clear_newslot(KeyedTable *kt);
 extern bool kt_find_existing(KeyedTable *kt, ItemPointer tid);
 extern bool kt_find_latest(KeyedTable *kt, ItemPointer tid, bool *visible);
+extern bool kt_find_latest_untracked(KeyedTable *kt, ItemPointer tid);
 extern void kt_report_invisible(KeyedTable *kt) pg_attribute_noreturn();
 extern bool kt_fetch_visible(KeyedTable *kt);
 extern bool kt_insert_new(KeyedTable *kt);
 extern void kt_insert_plain(KeyedTable *kt);
 extern bool kt_lock(KeyedTable *kt, ItemPointer tid, LockTupleMode mode);
+extern bool kt_lock_latest(KeyedTable *kt, ItemPointer tid,
+						   LockTupleMode mode);
 extern void kt_update(KeyedTable *kt);
 extern void kt_delete(KeyedTable *kt);
 

@@ -15,7 +15,10 @@
  *		which it makes larger than the key's previous id.  Publishers of
  *		one key are thereby serialised: within a key, id order is commit
  *		order, and the relay can deliver a key's messages in id order
- *		without ever skipping one that commits late.
+ *		without ever skipping one that commits late.  The row is found
+ *		(with a dirty snapshot) and locked in its latest committed version
+ *		under every isolation level, so publishing a key causes no
+ *		serialization failure of its own.
  *	  - At commit, a transaction that published sets the latch of its
  *		database's relay worker, so delivery starts without polling.
  *
@@ -295,10 +298,22 @@ check_headers(Jsonb *headers)
  *		Serialise publishers of one key and take the message id.
  *
  * Locks the key's row in eo.outbox_key (held to the end of the
- * transaction), creating it for a new key, and only then generates the id,
- * larger than the key's previous one, which is stored back on the row.  A
- * concurrent publisher of the same key waits for our transaction, so
- * within a key, id order is commit order.
+ * transaction, or of the savepoint, and kept by PREPARE TRANSACTION until
+ * COMMIT/ROLLBACK PREPARED), creating it for a new key, and only then
+ * generates the id, larger than the key's previous one, which is stored
+ * back on the row.  A concurrent publisher of the same key waits for our
+ * transaction, so within a key, id order is commit order.
+ *
+ * The row is bookkeeping, not data the caller reads: it is always the
+ * latest committed version that is locked and updated, whatever the
+ * caller's isolation level.  So under REPEATABLE READ and SERIALIZABLE a
+ * publisher that waited for another one, or whose snapshot predates the
+ * last publication of the key, proceeds (with the larger id) instead of
+ * failing with a serialization error; its snapshot is not changed and
+ * still does not show the other transaction's message.  Under
+ * SERIALIZABLE, the key's row is found with a dirty snapshot only, which
+ * is not a read that the predicate-lock machinery tracks: concurrent
+ * publishers of one key form no read/write dependency through it.
  */
 static void
 claim_key(text *key, pg_uuid_t *id, TimestampTz now)
@@ -317,8 +332,8 @@ claim_key(text *key, pg_uuid_t *id, TimestampTz now)
 		slot->tts_isnull[KEY_KEY] = false;
 		ExecStoreVirtualTuple(slot);
 
-		found = kt_find_existing(kt, &tid);
-		if (found && !kt_lock(kt, &tid, LockTupleNoKeyExclusive))
+		found = kt_find_latest_untracked(kt, &tid);
+		if (found && !kt_lock_latest(kt, &tid, LockTupleNoKeyExclusive))
 			continue;			/* changed meanwhile: look again */
 
 		if (found)

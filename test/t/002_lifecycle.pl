@@ -96,13 +96,13 @@ is($preload->safe_psql('postgres', 'SHOW eo.dedup_retention'),
 like(
 	psql_fails($preload, q{SET eo.dedup_retention = '0'},
 		'preload: eo.dedup_retention = 0 is rejected'),
-	qr/invalid value for parameter "eo\.dedup_retention": 0/,
+	qr/invalid value for parameter "eo\.dedup_retention": "0"/,
 	'preload: eo.dedup_retention = 0 gives an invalid value error');
 like(
 	psql_fails($preload, q{SET eo.dedup_retention = '-2'},
 		'preload: eo.dedup_retention = -2 is rejected'),
-	qr/-2 s is outside the valid range for parameter "eo\.dedup_retention"/,
-	'preload: eo.dedup_retention = -2 is out of range');
+	qr/invalid value for parameter "eo\.dedup_retention": "-2"\nDETAIL:  eo\.dedup_retention must be positive/,
+	'preload: eo.dedup_retention = -2 is not positive');
 like(
 	psql_fails($preload, q{ALTER SYSTEM SET eo.dedup_retention = 0},
 		'preload: ALTER SYSTEM SET eo.dedup_retention = 0 is rejected'),
@@ -114,6 +114,37 @@ is( $preload->safe_psql(
 	SET eo.dedup_retention = '1h'; SHOW eo.dedup_retention}),
 	"-1\n1h",
 	'preload: eo.dedup_retention accepts -1 and 1h');
+
+# postgresql.conf: the spellings of the integer setting it used to be
+# (unquoted 36h) and intervals ('2 days') are read at reload.
+$preload->append_conf('postgresql.conf', "eo.dedup_retention = 36h\n");
+$preload->reload;
+$preload->poll_query_until('postgres',
+	q{SELECT current_setting('eo.dedup_retention') = '36h'})
+  or die 'eo.dedup_retention = 36h from postgresql.conf not seen';
+is( $preload->safe_psql(
+		'postgres', q{
+	SELECT eo.process('conf-36h');
+	SELECT expires_at - processed_at FROM eo.inbox WHERE msg_id = 'conf-36h'}),
+	"t\n1 day 12:00:00",
+	'preload: eo.dedup_retention = 36h in postgresql.conf is 36 hours');
+$preload->append_conf('postgresql.conf', "eo.dedup_retention = '2 days'\n");
+$preload->reload;
+$preload->poll_query_until('postgres',
+	q{SELECT current_setting('eo.dedup_retention') = '2 days'})
+  or die "eo.dedup_retention = '2 days' from postgresql.conf not seen";
+is( $preload->safe_psql(
+		'postgres', q{
+	SELECT eo.process('conf-2-days');
+	SELECT expires_at = processed_at + interval '2 days'
+	  FROM eo.inbox WHERE msg_id = 'conf-2-days'}),
+	"t\nt",
+	"preload: eo.dedup_retention = '2 days' in postgresql.conf is 2 days");
+$preload->append_conf('postgresql.conf', "eo.dedup_retention = 7d\n");
+$preload->reload;
+$preload->poll_query_until('postgres',
+	q{SELECT current_setting('eo.dedup_retention') = '7d'})
+  or die 'eo.dedup_retention back to 7d not seen';
 like(
 	psql_fails($preload, q{SET eo.nonexistent = 1},
 		'preload: SET eo.nonexistent is rejected'),
@@ -142,7 +173,7 @@ like(
 	is($ret, 0, 'plain: placeholders before loading do not fail the session');
 	like(
 		$stderr,
-		qr/WARNING:  invalid value for parameter "eo\.dedup_retention": 0/,
+		qr/WARNING:  invalid value for parameter "eo\.dedup_retention": "0"/,
 		'plain: retention 0 set before loading is refused at load');
 	like(
 		$stderr,
@@ -160,7 +191,7 @@ like(
 	isnt($ret, 0, 'plain: eo.dedup_retention = 0 is rejected once loaded');
 	like(
 		$stderr,
-		qr/ERROR:  invalid value for parameter "eo\.dedup_retention": 0/,
+		qr/ERROR:  invalid value for parameter "eo\.dedup_retention": "0"/,
 		'plain: eo.dedup_retention = 0 gives an invalid value error once loaded');
 
 	($ret, $stdout, $stderr) = $plain->psql(
