@@ -576,6 +576,25 @@ route_batch(int limit)
 }
 
 /*
+ * The deliveries the retry step attempts, in the order it attempts them:
+ * due, of an enabled notify destination, and the first unfinished delivery
+ * of their key to that destination.  retry_batch() reads them, and
+ * give_up_head_delivery() gives up the first of them and nothing else: one
+ * definition, so that the two cannot drift apart.
+ */
+#define DUE_NOTIFY_DELIVERIES \
+			"  FROM eo.delivery d" \
+			"  JOIN eo.message_log m ON m.id = d.message_id" \
+			"  JOIN eo.destination t ON t.id = d.destination_id AND t.enabled" \
+			"                        AND t.kind = 'notify'" \
+			" WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()" \
+			"   AND (d.key IS NULL OR NOT EXISTS (" \
+			"        SELECT 1 FROM eo.delivery e" \
+			"         WHERE e.destination_id = d.destination_id AND e.key = d.key" \
+			"           AND e.state <> 'dead' AND e.message_id < d.message_id))" \
+			" ORDER BY d.message_id"
+
+/*
  * retry_batch
  *		One retry transaction: deliveries whose time has come and that are
  *		first in line for their key.  Returns the number attempted, and in
@@ -599,17 +618,8 @@ retry_batch(int limit, TimestampTz *next_retry)
 	eo_relay_prepare(&plan_due,
 			"SELECT d.destination_id, d.attempts,"
 			"       m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text"
-			"  FROM eo.delivery d"
-			"  JOIN eo.message_log m ON m.id = d.message_id"
-			"  JOIN eo.destination t ON t.id = d.destination_id AND t.enabled"
-			"                        AND t.kind = 'notify'"
-			" WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()"
-			"   AND (d.key IS NULL OR NOT EXISTS ("
-			"        SELECT 1 FROM eo.delivery e"
-			"         WHERE e.destination_id = d.destination_id AND e.key = d.key"
-			"           AND e.state <> 'dead' AND e.message_id < d.message_id))"
-			" ORDER BY d.message_id LIMIT $1"
-			" FOR UPDATE OF d SKIP LOCKED",
+			DUE_NOTIFY_DELIVERIES
+			" LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
 			1, due_types);
 	if (SPI_execute_plan(plan_due, due_args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read due deliveries");
@@ -807,7 +817,9 @@ quarantine_head(void)
 /*
  * give_up_head_delivery
  *		Last resort for a delivery whose retry fails with an error even when
- *		retried alone: mark the first due delivery dead, with the error.
+ *		retried alone: mark dead, with the error, the delivery a retry step
+ *		of one attempts (DUE_NOTIFY_DELIVERIES) — not a delivery of another
+ *		kind or of a disabled destination, nor one held behind its key.
  */
 static int
 give_up_head_delivery(void)
@@ -816,12 +828,12 @@ give_up_head_delivery(void)
 	Datum		values[1] = {CStringGetTextDatum(last_logged_error)};
 
 	if (SPI_execute_with_args(
-							  "UPDATE eo.delivery d SET state = 'dead', last_error = $1,"
+							  "UPDATE eo.delivery x SET state = 'dead', last_error = $1,"
 							  "       last_attempt_at = now(), next_attempt_at = 'infinity'"
-							  "  FROM (SELECT destination_id, message_id FROM eo.delivery"
-							  "         WHERE state IN ('pending', 'retrying') AND next_attempt_at <= now()"
-							  "         ORDER BY message_id LIMIT 1) AS h"
-							  " WHERE d.destination_id = h.destination_id AND d.message_id = h.message_id",
+							  "  FROM (SELECT d.destination_id, d.message_id"
+							  DUE_NOTIFY_DELIVERIES
+							  "         LIMIT 1 FOR UPDATE OF d SKIP LOCKED) AS h"
+							  " WHERE x.destination_id = h.destination_id AND x.message_id = h.message_id",
 							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "eo_processing relay: could not give up a delivery");
 	if (SPI_processed > 0)
