@@ -114,7 +114,26 @@ SELECT eo.relay_run() AS routed;
 SELECT eo.relay_run() AS routed;
 SELECT destination, pending, dead, delivered_total FROM eo.stats WHERE destination = 'late';
 SELECT eo.route_unrouted('nope');
-SELECT eo.route_unrouted(NULL);
+-- Without a destination (or NULL): every destination whose subscriptions
+-- match now gets a delivery, and the message counts them all.
+SELECT eo.create_destination('late2', 'notify', '{"channel": "late2"}');
+SELECT eo.create_destination('late3', 'notify', '{"channel": "late3"}');
+SELECT eo.publish('fan.out', '{"n": 5}'::jsonb) IS NOT NULL AS before_subscribing;
+SELECT eo.relay_run() AS routed;
+SELECT topic FROM eo.unrouted ORDER BY id;
+-- late3 matches through two subscriptions: still one delivery.
+SELECT eo.subscribe('fan.*', 'late2'), eo.subscribe('fan.out', 'late3'),
+       eo.subscribe('fan.*', 'late3');
+SELECT eo.route_unrouted() AS deliveries;
+SELECT t.name, m.topic, m.destinations
+  FROM eo.delivery d JOIN eo.destination t ON t.id = d.destination_id
+  JOIN eo.message_log m ON m.id = d.message_id
+ WHERE m.topic = 'fan.out' ORDER BY t.name;
+SELECT topic FROM eo.unrouted ORDER BY id;
+SELECT eo.route_unrouted(NULL) AS nothing_left;
+SELECT eo.relay_run() AS routed;
+SELECT destination, pending, delivered_total FROM eo.stats
+ WHERE destination IN ('late2', 'late3') ORDER BY 1;
 
 ----------------------------------------------------------------------
 -- Privileges: the new functions are the owner's.

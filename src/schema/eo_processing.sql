@@ -468,37 +468,47 @@ END $$;
 COMMENT ON FUNCTION eo.disable_destination(text, text) IS
     'stops deliveries to a destination (they wait) until eo.enable_destination or eo.alter_destination';
 
-CREATE FUNCTION eo.route_unrouted(destination text)
+CREATE FUNCTION eo.route_unrouted(destination text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    d eo.destination;
+    dest_id integer;
     n bigint;
 BEGIN
-    d := eo.find_destination(destination);
-    -- Lock the unrouted messages against the purge and a concurrent call.
+    IF destination IS NOT NULL THEN
+        dest_id := (eo.find_destination(destination)).id;
+    END IF;
+    -- The unrouted messages that a subscription (of this destination, or of
+    -- any when NULL) matches now, locked against the purge and a concurrent
+    -- call; each gets a pending delivery per matching destination.
     WITH matching AS (
-        SELECT m.id, m.key
+        SELECT m.id, m.key, m.topic
           FROM eo.message_log m
          WHERE m.destinations = 0
            AND EXISTS (SELECT 1 FROM eo.subscription s
-                        WHERE s.destination_id = d.id
+                        WHERE (dest_id IS NULL OR s.destination_id = dest_id)
                           AND (s.topic = m.topic
                                OR (right(s.topic, 1) = '*'
                                    AND starts_with(m.topic, left(s.topic, -1)))))
          FOR UPDATE OF m
-    ), routed AS (
-        UPDATE eo.message_log m SET destinations = 1
-          FROM matching
-         WHERE m.id = matching.id
-        RETURNING m.id, m.key
+    ), routes AS (
+        SELECT DISTINCT x.id, x.key, s.destination_id
+          FROM matching x
+          JOIN eo.subscription s
+            ON (dest_id IS NULL OR s.destination_id = dest_id)
+           AND (s.topic = x.topic
+                OR (right(s.topic, 1) = '*' AND starts_with(x.topic, left(s.topic, -1))))
+    ), counted AS (
+        UPDATE eo.message_log m SET destinations = r.n
+          FROM (SELECT id, count(*)::integer AS n FROM routes GROUP BY id) AS r
+         WHERE m.id = r.id
     )
     INSERT INTO eo.delivery (destination_id, message_id, key, state, attempts,
                              next_attempt_at, created_at)
-    SELECT d.id, r.id, r.key, 'pending', 0, now(), now()
-      FROM routed r;
+    SELECT r.destination_id, r.id, r.key, 'pending', 0, now(), now()
+      FROM routes r;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
         PERFORM eo.wake_relay();
@@ -506,7 +516,7 @@ BEGIN
     RETURN n;
 END $$;
 COMMENT ON FUNCTION eo.route_unrouted(text) IS
-    'delivers the kept unrouted messages whose topic matches a subscription of this destination; returns how many';
+    'gives the kept unrouted messages a pending delivery to each destination (this one, or all when NULL) whose subscriptions match them now; returns the number of deliveries';
 
 CREATE FUNCTION eo.drop_destination(name text, force boolean DEFAULT false)
 RETURNS void
