@@ -18,16 +18,23 @@ OBJS = \
 	src/producer_seq.o \
 	src/outbox.o \
 	src/envelope.o \
+	src/topic.o \
 	src/destination.o \
+	src/sink_registry.o \
+	src/sink_notify.o \
+	src/sink_http.o \
 	src/http_options.o \
 	src/http_address.o \
+	src/http_request.o \
 	src/relay_shmem.o \
+	src/relay_spi.o \
 	src/relay_config.o \
+	src/message_log.o \
+	src/delivery.o \
+	src/relay_dispatch.o \
 	src/relay_launcher.o \
 	src/relay_worker.o \
-	src/database_guard.o \
-	src/http_request.o \
-	src/http_sink.o
+	src/database_guard.o
 
 # The schema lives in src/schema/: eo_processing.sql is the whole current
 # schema, installed as eo_processing--<default_version>.sql (built at the

@@ -87,12 +87,16 @@ REVOKE ALL ON FUNCTION eo.create_destination(text, text, jsonb),
 REVOKE ALL ON SCHEMA eo FROM regress_eo_http_ops;
 DROP ROLE regress_eo_http_ops;
 
--- Routing puts http deliveries in eo.delivery (pending) for the relay's
--- dispatcher; eo.relay_run() does not send them itself.
+-- Routing puts messages for http destinations in the log, after the
+-- destination's cursor, for the relay's dispatcher; eo.relay_run() does not
+-- send them itself, and they have no row in eo.delivery unless they fail.
 SELECT eo.subscribe('orders.*', 'plain');
 SELECT eo.publish('orders.created', '{"n": 1}'::jsonb, 'k1', '{"X-Trace": "abc"}') IS NOT NULL AS published;
 SELECT eo.relay_run();
-SELECT d.state, d.attempts, d.key FROM eo.delivery d JOIN eo.destination t ON t.id = d.destination_id
+SELECT m.key, t.id = ANY (m.routes) AS routed_to_plain, m.seq > s.delivered_seq AS after_cursor
+  FROM eo.message_log m, eo.destination t JOIN eo.destination_stats s ON s.destination_id = t.id
+ WHERE t.name = 'plain' AND m.topic = 'orders.created';
+SELECT count(*) AS parked FROM eo.delivery d JOIN eo.destination t ON t.id = d.destination_id
  WHERE t.name = 'plain';
 SELECT destination, pending, in_flight FROM eo.stats WHERE destination = 'plain';
 

@@ -145,7 +145,17 @@ warn_undelivered(void)
 		pushed = true;
 	}
 	SPI_connect();
-	if (SPI_execute("SELECT (SELECT count(*) FROM eo.outbox),"
+
+	/*
+	 * Since 0.5.0 a message routed to a destination has no row of its own
+	 * until it fails: eo.stats counts the log after each cursor too.
+	 */
+	if (SPI_execute(OidIsValid(get_relname_relid("message_seq", nsp)) ?
+					"SELECT (SELECT count(*) FROM eo.outbox),"
+					"       (SELECT coalesce(sum(pending + in_flight + retrying), 0)::bigint"
+					"          FROM eo.stats),"
+					"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')" :
+					"SELECT (SELECT count(*) FROM eo.outbox),"
 					"       (SELECT count(*) FROM eo.delivery WHERE state <> 'dead'),"
 					"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')",
 					true, 1) == SPI_OK_SELECT && SPI_processed == 1)

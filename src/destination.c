@@ -6,25 +6,17 @@
  *	  eo.check_destination_options()) and by the relay, so that what is
  *	  accepted is exactly what the relay understands.
  *
- *	  Options of kind "notify":
- *		channel		  text, 1..63 bytes; default: the message's topic
+ *	  Options every kind has:
  *		max_attempts  integer >= 1; default eo.max_attempts
  *		retry_delays  array of interval texts (>= 0), the last repeating;
- *					  default eo.retry_delays
- *
- *	  Options of kind "http" (parsed in http_options.c; only superusers and
- *	  the extension's owner may set them, since they decide where the
- *	  server connects to):
- *		url			  http:// or https:// URL without user:password (required)
- *		headers		  object of extra request headers (string values)
- *		signing_secret "whsec_<base64>", or an array of them (rotation)
- *		timeout_ms	  1..600000; default 15000
- *		concurrency	  requests in flight, 1..1000; default 16 (and at most
- *					  eo.http_max_concurrency)
- *		max_attempts, retry_delays as above; the default schedule is the
- *					  Standard Webhooks one: 5s, 5min, 30min, 2h, 5h, 10h,
- *					  14h, 20h, 24h after the first attempt
- *		tls_verify	  boolean; default true
+ *					  default eo.retry_delays, or the sink's own schedule
+ *	  Asynchronous sinks (http) also have:
+ *		concurrency	  sends in flight, 1..1000; default the sink's (16 for
+ *					  http), and at most eo.http_max_concurrency
+ *	  Sinks that log their attempts in eo.http_attempt also have:
+ *		log_attempts  'failures' (default): failed attempts only; 'all'
+ *	  Each kind parses its own options in its sink file (sink_notify.c,
+ *	  http_options.c for sink_http.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -42,15 +34,11 @@
 #include "destination.h"
 #include "eo_processing.h"
 #include "relay.h"
+#include "sink.h"
 
 PG_FUNCTION_INFO_V1(eo_check_destination_options);
 
 #define EO_MAX_RETRY_DELAYS 100
-
-/* The Standard Webhooks retry schedule (after the immediate first attempt). */
-#define EO_HTTP_DEFAULT_RETRY_DELAYS "5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h"
-#define EO_HTTP_DEFAULT_TIMEOUT_MS	15000
-#define EO_HTTP_DEFAULT_CONCURRENCY 16
 
 /* Longest accepted retry delay. */
 #define EO_MAX_RETRY_DELAY_US	((int64) 365 * USECS_PER_DAY)
@@ -159,6 +147,7 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	bool		have_delays = false;
+	const SinkRoutine *sink;
 
 	memset(cfg, 0, sizeof(DestinationConfig));
 	cfg->enabled = true;
@@ -168,20 +157,16 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("kind must not be null")));
-	if (strcmp(kind, "notify") == 0)
-		cfg->kind = DEST_NOTIFY;
-	else if (strcmp(kind, "http") == 0)
-	{
-		cfg->kind = DEST_HTTP;
-		cfg->timeout_ms = EO_HTTP_DEFAULT_TIMEOUT_MS;
-		cfg->concurrency = EO_HTTP_DEFAULT_CONCURRENCY;
-		cfg->tls_verify = true;
-	}
-	else
+	sink = eo_sink_lookup(kind);
+	if (sink == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown destination kind \"%s\"", kind),
-				 errhint("The supported kinds are \"notify\" and \"http\".")));
+				 errhint("The supported kinds are %s.", eo_sink_kind_list())));
+	cfg->sink = sink;
+	cfg->concurrency = sink->default_concurrency;
+	if (sink->init_options)
+		sink->init_options(cfg);
 
 	if (options == NULL || !JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
 		ereport(ERROR,
@@ -206,17 +191,20 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 		errcallback.previous = error_context_stack;
 		error_context_stack = &errcallback;
 
-		if (cfg->kind == DEST_HTTP && eo_parse_http_option(name, &v, cfg))
+		if (sink->parse_option && sink->parse_option(name, &v, cfg))
 			;
-		else if (cfg->kind == DEST_NOTIFY && strcmp(name, "channel") == 0)
+		else if (eo_sink_is_async(sink) && strcmp(name, "concurrency") == 0)
+			cfg->concurrency = eo_option_int(name, &v, 1, EO_MAX_CONCURRENCY);
+		else if (sink->logs_attempts && strcmp(name, "log_attempts") == 0)
 		{
 			if (v.type != jbvString)
-				eo_bad_option(name, "a string");
-			if (v.val.string.len == 0 || v.val.string.len >= NAMEDATALEN)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("option \"channel\" must be 1 to %d bytes long", NAMEDATALEN - 1)));
-			cfg->channel = pnstrdup(v.val.string.val, v.val.string.len);
+				eo_bad_option(name, "'failures' or 'all'");
+			if (v.val.string.len == 3 && strncmp(v.val.string.val, "all", 3) == 0)
+				cfg->log_all_attempts = true;
+			else if (v.val.string.len == 8 && strncmp(v.val.string.val, "failures", 8) == 0)
+				cfg->log_all_attempts = false;
+			else
+				eo_bad_option(name, "'failures' or 'all'");
 		}
 		else if (strcmp(name, "max_attempts") == 0)
 			cfg->max_attempts = eo_option_int(name, &v, 1, 1000000);
@@ -252,20 +240,15 @@ eo_parse_destination(const char *kind, Jsonb *options, DestinationConfig *cfg)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\" for destinations of kind \"%s\"", name, kind),
-					 cfg->kind == DEST_HTTP ?
-					 errhint("Options of kind \"http\" are url, headers, signing_secret, timeout_ms, "
-							 "concurrency, max_attempts, retry_delays and tls_verify.") :
-					 errhint("Options of kind \"notify\" are channel, max_attempts and retry_delays.")));
+					 errhint("Options of kind \"%s\" are %s.", kind, sink->option_names)));
 
 		error_context_stack = errcallback.previous;
 	}
 
-	if (cfg->kind == DEST_HTTP && cfg->url == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("destinations of kind \"http\" need the option \"url\"")));
+	if (sink->check_options)
+		sink->check_options(cfg);
 	if (!have_delays)
-		parse_delay_list(cfg->kind == DEST_HTTP ? EO_HTTP_DEFAULT_RETRY_DELAYS :
+		parse_delay_list(sink->default_retry_delays ? sink->default_retry_delays :
 						 eo_default_retry_delays, cfg);
 }
 
@@ -295,17 +278,19 @@ eo_check_destination_options(PG_FUNCTION_ARGS)
 {
 	DestinationConfig cfg;
 	char	   *kind;
+	const SinkRoutine *sink;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("kind must not be null")));
 	kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (strcmp(kind, "http") == 0)
-		eo_check_may_configure_http();
+	sink = eo_sink_lookup(kind);
+	if (sink != NULL && sink->may_configure)
+		sink->may_configure();
 	eo_parse_destination(kind, PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), &cfg);
-	if (cfg.kind == DEST_HTTP)
-		eo_check_http_destination_host(&cfg);
+	if (sink->check_target)
+		sink->check_target(&cfg);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(PG_GETARG_JSONB_P(1));

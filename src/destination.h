@@ -14,45 +14,32 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
-typedef enum DestinationKind
-{
-	DEST_NOTIFY,
-	DEST_HTTP
-} DestinationKind;
-
-/* Limits of http destination options. */
+/* Limits of http options (http_options.c). */
 #define EO_HTTP_MAX_URL_BYTES		2048
 #define EO_HTTP_MAX_SECRETS			10
 #define EO_HTTP_MAX_HEADER_BYTES	8192	/* all of a destination's headers */
 #define EO_HTTP_MAX_TIMEOUT_MS		600000
-#define EO_HTTP_MAX_CONCURRENCY		1000
+#define EO_MAX_CONCURRENCY			1000
 
-/* A decoded signing secret. */
-typedef struct SigningSecret
-{
-	int			len;
-	uint8	   *bytes;
-} SigningSecret;
+struct SinkRoutine;
 
+/*
+ * A destination as the relay uses it: what every kind has, and the kind's
+ * own options in sink_options (a struct of the sink's, palloc'd with it).
+ */
 typedef struct DestinationConfig
 {
 	int32		id;
 	char	   *name;
-	DestinationKind kind;
+	const struct SinkRoutine *sink;
 	bool		enabled;
-	char	   *channel;		/* notify: NULL means "the message's topic" */
-	/* http */
-	char	   *url;
-	char	   *host;			/* lower case, from the url */
-	List	   *headers;		/* of char *, "Name: value" */
-	int			nsecrets;
-	SigningSecret *secrets;
-	int			timeout_ms;
-	int			concurrency;
-	bool		tls_verify;
+	int			concurrency;	/* asynchronous sinks: sends in flight */
+	bool		log_all_attempts;	/* log_attempts = 'all' */
 	int			max_attempts;
 	int			ndelays;
 	int64	   *delays_us;		/* retry schedule; the last one repeats */
+	void	   *sink_options;
+	Jsonb	   *options;		/* the relay's copy: the options as stored */
 } DestinationConfig;
 
 extern void eo_parse_destination(const char *kind, Jsonb *options,
@@ -62,11 +49,7 @@ extern void eo_bad_option(const char *option, const char *expected) pg_attribute
 extern int	eo_option_int(const char *name, const JsonbValue *v, int min, int max);
 
 /* http_options.c */
-extern bool eo_parse_http_option(const char *name, const JsonbValue *v,
-								 DestinationConfig *cfg);
-extern void eo_check_may_configure_http(void);
 extern bool eo_http_host_allowed(const char *host);
-extern void eo_check_http_destination_host(const DestinationConfig *cfg);
 extern const char *eo_http_allowed_host_problem(const char *entry);
 extern bool eo_http_header_name_ok(const char *name, int len);
 extern bool eo_http_header_value_ok(const char *value, int len);

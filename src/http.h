@@ -23,16 +23,28 @@
 #include "outbox.h"
 
 /* Bytes of a response body kept in eo.http_attempt. */
-#define EO_HTTP_SNIPPET_BYTES	256
+/* A Standard Webhooks signing secret, decoded. */
+typedef struct SigningSecret
+{
+	int			len;
+	uint8	   *bytes;
+} SigningSecret;
 
-/*
- * The error of an attempt whose outcome was never recorded because the
- * relay stopped (shutdown, crash) while it was in flight: logged in
- * eo.http_attempt by the next relay worker.  Used inside a SQL string
- * literal: no quotes.
- */
-#define EO_HTTP_INTERRUPTED \
-	"interrupted: the relay stopped before the outcome was recorded; the receiver may have got the request"
+/* The options of an http destination (DestinationConfig.sink_options). */
+typedef struct HttpOptions
+{
+	char	   *url;
+	char	   *host;			/* lower case, from the url */
+	List	   *headers;		/* of char *, "Name: value" */
+	int			nsecrets;
+	SigningSecret *secrets;
+	int			timeout_ms;
+	bool		tls_verify;
+} HttpOptions;
+
+#define HTTP_OPTIONS(cfg) ((HttpOptions *) (cfg)->sink_options)
+
+#define EO_HTTP_SNIPPET_BYTES	256
 
 /* Longest Retry-After the relay honours. */
 #define EO_HTTP_MAX_RETRY_AFTER_SECS	(24 * 60 * 60)
@@ -46,7 +58,7 @@
  */
 typedef struct HttpRequest
 {
-	dlist_node	node;			/* in the dispatcher's in-flight or done list */
+	struct SinkSend *send;		/* the relay's send this request serves */
 	MemoryContext cxt;
 	CURL	   *easy;			/* NULL if the request could not be built */
 	struct curl_slist *headers;
@@ -85,14 +97,10 @@ extern char *eo_webhook_signature(const DestinationConfig *dest, const char *msg
 								  int64 timestamp, const char *body, size_t body_len);
 
 /* http_sink.c */
-extern int	eo_http_step(void);
-extern void eo_http_step_done(bool committed);
-extern bool eo_http_work_waiting(void);
-extern TimestampTz eo_http_next_due(void);
-extern int	eo_http_wait(long timeout_ms);
-extern void eo_http_forget_plans(void);
-
-/* relay_worker.c, for the dispatcher */
-extern void eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first);
+/* http_options.c */
+extern bool eo_parse_http_option(const char *name, const JsonbValue *v,
+								 DestinationConfig *cfg);
+extern void eo_check_may_configure_http(void);
+extern void eo_check_http_destination_host(const DestinationConfig *cfg);
 
 #endif							/* EO_HTTP_H */

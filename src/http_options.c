@@ -37,6 +37,8 @@
 #include "utils/varlena.h"
 
 #include "destination.h"
+#include "http.h"
+#include "http.h"
 #include "relay.h"
 
 /* Standard Webhooks secrets: "whsec_" then base64 of 24 to 64 bytes. */
@@ -80,8 +82,8 @@ parse_url(const char *url, int len, DestinationConfig *cfg)
 		problem = "port 0 cannot be connected to";
 	else
 	{
-		cfg->url = copy;
-		cfg->host = asc_tolower(host, strlen(host));
+		HTTP_OPTIONS(cfg)->url = copy;
+		HTTP_OPTIONS(cfg)->host = asc_tolower(host, strlen(host));
 	}
 	curl_free(scheme);
 	curl_free(host);
@@ -195,7 +197,7 @@ parse_headers(const JsonbValue *v, DestinationConfig *cfg)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("option \"headers\" is longer than %d bytes", EO_HTTP_MAX_HEADER_BYTES)));
-		cfg->headers = lappend(cfg->headers,
+		HTTP_OPTIONS(cfg)->headers = lappend(HTTP_OPTIONS(cfg)->headers,
 							   eo_http_header_line(k.val.string.val, k.val.string.len,
 												   val.val.string.val, val.val.string.len));
 	}
@@ -248,18 +250,18 @@ parse_secrets(const JsonbValue *v, DestinationConfig *cfg)
 		if (n < 1 || n > EO_HTTP_MAX_SECRETS)
 			eo_bad_option("signing_secret", psprintf("a secret or an array of 1 to %d secrets",
 												  EO_HTTP_MAX_SECRETS));
-		cfg->secrets = palloc0(sizeof(SigningSecret) * n);
+		HTTP_OPTIONS(cfg)->secrets = palloc0(sizeof(SigningSecret) * n);
 		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
 		{
 			if (tok == WJB_ELEM)
-				parse_secret(&elem, &cfg->secrets[cfg->nsecrets++]);
+				parse_secret(&elem, &HTTP_OPTIONS(cfg)->secrets[HTTP_OPTIONS(cfg)->nsecrets++]);
 		}
 	}
 	else
 	{
-		cfg->secrets = palloc0(sizeof(SigningSecret));
-		parse_secret(v, &cfg->secrets[0]);
-		cfg->nsecrets = 1;
+		HTTP_OPTIONS(cfg)->secrets = palloc0(sizeof(SigningSecret));
+		parse_secret(v, &HTTP_OPTIONS(cfg)->secrets[0]);
+		HTTP_OPTIONS(cfg)->nsecrets = 1;
 	}
 }
 
@@ -282,14 +284,12 @@ eo_parse_http_option(const char *name, const JsonbValue *v, DestinationConfig *c
 	else if (strcmp(name, "signing_secret") == 0)
 		parse_secrets(v, cfg);
 	else if (strcmp(name, "timeout_ms") == 0)
-		cfg->timeout_ms = eo_option_int(name, v, 1, EO_HTTP_MAX_TIMEOUT_MS);
-	else if (strcmp(name, "concurrency") == 0)
-		cfg->concurrency = eo_option_int(name, v, 1, EO_HTTP_MAX_CONCURRENCY);
+		HTTP_OPTIONS(cfg)->timeout_ms = eo_option_int(name, v, 1, EO_HTTP_MAX_TIMEOUT_MS);
 	else if (strcmp(name, "tls_verify") == 0)
 	{
 		if (v->type != jbvBool)
 			eo_bad_option(name, "true or false");
-		cfg->tls_verify = v->val.boolean;
+		HTTP_OPTIONS(cfg)->tls_verify = v->val.boolean;
 	}
 	else
 		return false;
@@ -461,16 +461,16 @@ eo_check_http_destination_host(const DestinationConfig *cfg)
 {
 	const char *why;
 
-	if (!eo_http_host_allowed(cfg->host))
+	if (!eo_http_host_allowed(HTTP_OPTIONS(cfg)->host))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("host \"%s\" is not in eo.http_allowed_hosts", cfg->host),
+				 errmsg("host \"%s\" is not in eo.http_allowed_hosts", HTTP_OPTIONS(cfg)->host),
 				 errhint("Ask the administrator to add it to eo.http_allowed_hosts.")));
-	why = eo_http_host_refused(cfg->host);
+	why = eo_http_host_refused(HTTP_OPTIONS(cfg)->host);
 	if (why != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("host \"%s\" is %s", cfg->host, why),
+				 errmsg("host \"%s\" is %s", HTTP_OPTIONS(cfg)->host, why),
 				 errdetail("The relay does not connect to link-local addresses (169.254.0.0/16, fe80::/10) "
 						   "or cloud metadata addresses (fd00:ec2::254, 100.100.100.200) "
 						   "while eo.http_allow_link_local is off."),

@@ -180,11 +180,11 @@ eo_webhook_signature(const DestinationConfig *dest, const char *msg_id,
 	char		prefix[64 + 32];
 	int			prefix_len;
 
-	if (dest->nsecrets == 0)
+	if (HTTP_OPTIONS(dest)->nsecrets == 0)
 		return NULL;
 	prefix_len = snprintf(prefix, sizeof(prefix), "%s." INT64_FORMAT ".", msg_id, timestamp);
 	initStringInfo(&out);
-	for (int i = 0; i < dest->nsecrets; i++)
+	for (int i = 0; i < HTTP_OPTIONS(dest)->nsecrets; i++)
 	{
 		pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
 		uint8		mac[PG_SHA256_DIGEST_LENGTH];
@@ -193,7 +193,7 @@ eo_webhook_signature(const DestinationConfig *dest, const char *msg_id,
 
 		if (ctx == NULL)
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-		if (pg_hmac_init(ctx, dest->secrets[i].bytes, dest->secrets[i].len) < 0 ||
+		if (pg_hmac_init(ctx, HTTP_OPTIONS(dest)->secrets[i].bytes, HTTP_OPTIONS(dest)->secrets[i].len) < 0 ||
 			pg_hmac_update(ctx, (const uint8 *) prefix, prefix_len) < 0 ||
 			pg_hmac_update(ctx, (const uint8 *) body, body_len) < 0 ||
 			pg_hmac_final(ctx, mac, sizeof(mac)) < 0)
@@ -236,7 +236,7 @@ dest_sets(const DestinationConfig *dest, const char *name, int len)
 {
 	ListCell   *lc;
 
-	foreach(lc, dest->headers)
+	foreach(lc, HTTP_OPTIONS(dest)->headers)
 	{
 		const char *line = lfirst(lc);
 
@@ -329,9 +329,9 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	body_len = strlen(body);
 	signature = eo_webhook_signature(dest, id, now_secs, body, body_len);
 
-	if (!eo_http_host_allowed(dest->host))
+	if (!eo_http_host_allowed(HTTP_OPTIONS(dest)->host))
 	{
-		req->build_error = psprintf("host \"%s\" is not in eo.http_allowed_hosts", dest->host);
+		req->build_error = psprintf("host \"%s\" is not in eo.http_allowed_hosts", HTTP_OPTIONS(dest)->host);
 		MemoryContextSwitchTo(old);
 		return req;
 	}
@@ -339,15 +339,15 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	 * A literal address in the URL is checked here too: through a proxy,
 	 * open_socket() sees only the proxy's address.
 	 */
-	refused = eo_http_host_refused(dest->host);
+	refused = eo_http_host_refused(HTTP_OPTIONS(dest)->host);
 	if (refused != NULL)
 	{
-		req->build_error = refusal_error(dest->host, refused);
+		req->build_error = refusal_error(HTTP_OPTIONS(dest)->host, refused);
 		MemoryContextSwitchTo(old);
 		return req;
 	}
 
-	foreach(lc, dest->headers)
+	foreach(lc, HTTP_OPTIONS(dest)->headers)
 	{
 		if (!add_header(req, lfirst(lc)))
 			error = "out of memory in libcurl";
@@ -384,14 +384,14 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 		MemoryContextSwitchTo(old);
 		return req;
 	}
-	curl_easy_setopt(req->easy, CURLOPT_URL, dest->url);
+	curl_easy_setopt(req->easy, CURLOPT_URL, HTTP_OPTIONS(dest)->url);
 	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, body);
 	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
 	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
 	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, EO_USER_AGENT);
-	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, (long) dest->timeout_ms);
-	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(dest->timeout_ms, 10000));
+	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, (long) HTTP_OPTIONS(dest)->timeout_ms);
+	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(HTTP_OPTIONS(dest)->timeout_ms, 10000));
 	curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -399,8 +399,8 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 #else
 	curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-	curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYPEER, dest->tls_verify ? 1L : 0L);
-	curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYHOST, dest->tls_verify ? 2L : 0L);
+	curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYPEER, HTTP_OPTIONS(dest)->tls_verify ? 1L : 0L);
+	curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYHOST, HTTP_OPTIONS(dest)->tls_verify ? 2L : 0L);
 	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(req->easy, CURLOPT_WRITEFUNCTION, collect_body);
 	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req);

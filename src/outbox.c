@@ -72,6 +72,8 @@ enum
 	LOG_ROUTED_AT = MESSAGE_NCOLUMNS,
 	LOG_DESTINATIONS,
 	LOG_PUBLISHED_BY,			/* since 0.4.1 */
+	LOG_SEQ,					/* since 0.5.0 */
+	LOG_ROUTES,					/* since 0.5.0 */
 	LOG_NCOLUMNS
 };
 
@@ -97,6 +99,8 @@ static const KeyedTableColumn message_log_columns[LOG_NCOLUMNS] = {
 	{"routed_at", TIMESTAMPTZOID},
 	{"destinations", INT4OID},
 	{"published_by", REGROLEOID, true},
+	{"seq", INT8OID, true},
+	{"routes", INT4ARRAYOID, true},
 };
 
 enum

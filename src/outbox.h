@@ -11,6 +11,7 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
 #include "executor/tuptable.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"

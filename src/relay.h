@@ -17,6 +17,8 @@
 #include "storage/lwlock.h"
 #include "utils/guc.h"
 
+#include "outbox.h"
+
 #define EO_RELAY_ERROR_LEN	256
 
 /* What a worker slot's worker is doing (shown in eo.relay_status). */
@@ -106,7 +108,7 @@ extern PGDLLEXPORT void eo_relay_worker_main(Datum main_arg);
 extern SPIPlanPtr eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs,
 								   Oid *argtypes);
 extern void eo_relay_free_plans(SPIPlanPtr **plans, int nplans);
-extern void eo_relay_update_stats(Datum ids, Datum counts, Datum errors, int64 total);
+extern void eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first);
 
 /* database_guard.c */
 extern void eo_database_guard_install(void);

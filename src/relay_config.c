@@ -28,6 +28,8 @@
 #include "utils/memutils.h"
 
 #include "relay_config.h"
+#include "sink.h"
+#include "topic.h"
 
 static MemoryContext config_cxt = NULL;
 static RelaySlot *config_slot = NULL;	/* NULL: reload every time */
@@ -86,6 +88,7 @@ load_destinations(void)
 		dest->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		dest->name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 		dest->enabled = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		dest->options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 4, &isnull));
 		dests = lappend(dests, dest);
 	}
 	MemoryContextSwitchTo(spicxt);
@@ -136,12 +139,7 @@ load_routes(List *dests)
 		if (r->dest == NULL)
 			continue;			/* cannot happen: foreign key */
 		r->pattern = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-		r->pattern_len = strlen(r->pattern);
-		if (r->pattern_len > 0 && r->pattern[r->pattern_len - 1] == '*')
-		{
-			r->is_prefix = true;
-			r->pattern_len--;
-		}
+		r->is_prefix = eo_topic_pattern_is_prefix(r->pattern, &r->pattern_len);
 		routes = lappend(routes, r);
 	}
 	MemoryContextSwitchTo(spicxt);
@@ -177,8 +175,8 @@ eo_relay_config(void)
 	config.routes = load_routes(config.dests);
 	foreach(lc, config.dests)
 	{
-		if (((DestinationConfig *) lfirst(lc))->kind == DEST_HTTP)
-			config.has_http = true;
+		if (eo_sink_is_async(((DestinationConfig *) lfirst(lc))->sink))
+			config.has_async = true;
 	}
 	config_seen = generation;
 	config_loaded = true;
@@ -193,14 +191,14 @@ eo_relay_current_destinations(void)
 }
 
 /*
- * eo_relay_config_may_have_http
- *		Could there be http destinations?  True unless a current
- *		configuration says there are none; no transaction needed.
+ * eo_relay_config_may_have_async
+ *		Could there be destinations of an asynchronous sink?  True unless a
+ *		current configuration says there are none; no transaction needed.
  */
 bool
-eo_relay_config_may_have_http(void)
+eo_relay_config_may_have_async(void)
 {
-	return !config_loaded || config.has_http || config_seen != current_generation();
+	return !config_loaded || config.has_async || config_seen != current_generation();
 }
 
 /* Forget the plans and the cached configuration (after an error). */
@@ -211,13 +209,4 @@ eo_relay_config_forget(void)
 
 	eo_relay_free_plans(plans, lengthof(plans));
 	config_loaded = false;
-}
-
-/* Does a route's pattern match a topic? */
-bool
-eo_relay_route_matches(const RelayRoute *r, const char *topic)
-{
-	if (r->is_prefix)
-		return strncmp(topic, r->pattern, r->pattern_len) == 0;
-	return strcmp(topic, r->pattern) == 0;
 }

@@ -29,15 +29,14 @@ typedef struct RelayConfig
 {
 	List	   *dests;			/* of DestinationConfig, in id order */
 	List	   *routes;			/* of RelayRoute */
-	bool		has_http;		/* some destination is of kind http */
+	bool		has_async;		/* some destination has an asynchronous sink */
 } RelayConfig;
 
 extern void eo_relay_config_init(RelaySlot *slot);
 extern const RelayConfig *eo_relay_config(void);
 extern List *eo_relay_current_destinations(void);
-extern bool eo_relay_config_may_have_http(void);
+extern bool eo_relay_config_may_have_async(void);
 extern void eo_relay_config_forget(void);
 extern DestinationConfig *eo_relay_find_destination(List *dests, int32 id);
-extern bool eo_relay_route_matches(const RelayRoute *r, const char *topic);
 
 #endif							/* EO_RELAY_CONFIG_H */

@@ -204,13 +204,27 @@ CREATE TABLE eo.message_log (
     routed_at    timestamptz NOT NULL,
     destinations integer NOT NULL,
     published_by regrole,             -- NULL: published before 0.4.1
+    seq          bigint,              -- position in the log; NULL: routed before 0.5.0
+    routes       integer[],           -- destinations it was routed to (ids)
     CONSTRAINT message_log_pkey PRIMARY KEY (id)
 );
 CREATE INDEX message_log_routed_at ON eo.message_log (routed_at);
+CREATE INDEX message_log_seq ON eo.message_log (seq);
 COMMENT ON TABLE eo.message_log IS
     'Routed messages, kept eo.outbox_retention for audit and replay';
 COMMENT ON COLUMN eo.message_log.published_by IS
     'the role that published the message (current_user of eo.publish)';
+COMMENT ON COLUMN eo.message_log.seq IS
+    'position in the log: routing transactions take positions in the order they commit';
+COMMENT ON COLUMN eo.message_log.routes IS
+    'the ids of the destinations the message was routed to';
+
+-- Positions in the log.  The relay's routing transactions are serialised
+-- (a lock on this sequence), so positions follow commit order and each
+-- destination keeps one cursor (eo.destination_stats.delivered_seq).
+CREATE SEQUENCE eo.message_seq AS bigint;
+COMMENT ON SEQUENCE eo.message_seq IS
+    'positions in eo.message_log (the relay locks it while it routes)';
 
 -- One row per message key ever published (purged when idle): publishers
 -- of the same key lock it, so the order of ids within a key is the order
@@ -225,6 +239,7 @@ CREATE TABLE eo.outbox_key (
 -- pg_dump keeps pending messages, the message log and the key rows.
 SELECT pg_catalog.pg_extension_config_dump('eo.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('eo.message_log', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.message_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('eo.outbox_key', '');
 
 CREATE FUNCTION eo.publish(topic text, payload jsonb, key text DEFAULT NULL,
@@ -258,7 +273,9 @@ COMMENT ON FUNCTION eo.message(uuid) IS
 ----------------------------------------------------------------------
 
 -- Where the relay delivers: kind 'notify' (NOTIFY on a channel) or 'http'
--- (signed webhooks, sent with libcurl outside any transaction).
+-- (signed webhooks, sent with libcurl outside any transaction).  The kinds
+-- are the library's sinks; eo.check_destination_options() (through the
+-- destination_check trigger) refuses any other.
 CREATE TABLE eo.destination (
     id         integer GENERATED ALWAYS AS IDENTITY,
     name       text COLLATE "C" NOT NULL,
@@ -270,9 +287,7 @@ CREATE TABLE eo.destination (
     -- cleared by eo.alter_destination().
     disabled_reason text,
     CONSTRAINT destination_pkey PRIMARY KEY (id),
-    CONSTRAINT destination_name_key UNIQUE (name),
-    CONSTRAINT destination_kind_check
-        CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['notify', 'http']))
+    CONSTRAINT destination_name_key UNIQUE (name)
 );
 
 -- topic is an exact topic, or a prefix followed by '*' ('orders.*', '*').
@@ -290,8 +305,14 @@ CREATE TABLE eo.destination_stats (
     last_success_at timestamptz,
     last_error      text,
     last_error_at   timestamptz,
+    delivered_seq   bigint NOT NULL DEFAULT 0,
+    sending_seq     bigint,
     CONSTRAINT destination_stats_pkey PRIMARY KEY (destination_id)
 );
+COMMENT ON COLUMN eo.destination_stats.delivered_seq IS
+    'the cursor: every message routed to the destination up to this position of eo.message_log is delivered or in eo.delivery';
+COMMENT ON COLUMN eo.destination_stats.sending_seq IS
+    'the end of the window of the log the relay is sending (asynchronous sinks); NULL when none';
 
 -- pg_dump keeps destinations (and the sequence of their ids),
 -- subscriptions and statistics.
@@ -355,6 +376,8 @@ BEGIN
     INSERT INTO eo.destination (name, kind, options)
     VALUES (name, kind, eo.check_destination_options(kind, coalesce(options, '{}')))
     RETURNING id INTO new_id;
+    -- Its cursor starts at 0; messages are routed to it once the relay has
+    -- seen it, and the relay moves the cursor past the others.
     INSERT INTO eo.destination_stats (destination_id) VALUES (new_id);
 END $$;
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS
@@ -489,17 +512,14 @@ BEGIN
          WHERE m.destinations = 0
            AND EXISTS (SELECT 1 FROM eo.subscription s
                         WHERE (dest_id IS NULL OR s.destination_id = dest_id)
-                          AND (s.topic = m.topic
-                               OR (right(s.topic, 1) = '*'
-                                   AND starts_with(m.topic, left(s.topic, -1)))))
+                          AND eo.topic_matches(s.topic, m.topic))
          FOR UPDATE OF m
     ), routes AS (
         SELECT DISTINCT x.id, x.key, s.destination_id
           FROM matching x
           JOIN eo.subscription s
             ON (dest_id IS NULL OR s.destination_id = dest_id)
-           AND (s.topic = x.topic
-                OR (right(s.topic, 1) = '*' AND starts_with(x.topic, left(s.topic, -1))))
+           AND eo.topic_matches(s.topic, x.topic)
     ), counted AS (
         UPDATE eo.message_log m SET destinations = r.n
           FROM (SELECT id, count(*)::integer AS n FROM routes GROUP BY id) AS r
@@ -533,6 +553,14 @@ BEGIN
       INTO unfinished, dead
       FROM eo.delivery x
      WHERE x.destination_id = d.id;
+    -- Messages of the log its cursor has not passed yet.
+    unfinished := unfinished + (
+        SELECT count(*)
+          FROM eo.destination_stats s
+          JOIN eo.message_log m ON m.seq > s.delivered_seq AND d.id = ANY (m.routes)
+         WHERE s.destination_id = d.id
+           AND NOT EXISTS (SELECT 1 FROM eo.delivery x
+                            WHERE x.destination_id = d.id AND x.message_id = m.id));
     IF unfinished > 0 AND NOT coalesce(force, false) THEN
         RAISE EXCEPTION 'destination "%" has % undelivered messages', name, unfinished
             USING ERRCODE = 'object_in_use',
@@ -585,6 +613,15 @@ END $$;
 COMMENT ON FUNCTION eo.unsubscribe(text, text) IS
     'removes a subscription';
 
+-- The one topic matcher, shared with the relay (C): does a subscription
+-- with this pattern get messages of this topic?
+CREATE FUNCTION eo.topic_matches(pattern text, topic text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eo_topic_matches_sql'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION eo.topic_matches(text, text) IS
+    'whether a subscription pattern (a topic, or a prefix ending in *) matches a topic';
+
 CREATE FUNCTION eo.check_topic_pattern(topic text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -629,10 +666,11 @@ COMMENT ON VIEW eo.destinations IS
 -- Deliveries
 ----------------------------------------------------------------------
 
--- Deliveries that did not succeed at the first attempt: held behind an
--- earlier message of the same key (pending), failed and waiting for the
--- next attempt (retrying), or given up (dead).  A delivery that succeeds
--- leaves no row; it is counted in eo.destination_stats.
+-- The exceptional deliveries: held behind an earlier message of the same
+-- key or waiting for their destination (pending), failed and waiting for
+-- the next attempt (retrying), a retry on the wire (in_flight), or given up
+-- (dead).  A delivery that succeeds at its first attempt leaves no row: its
+-- destination's cursor (eo.destination_stats.delivered_seq) passes it.
 CREATE TABLE eo.delivery (
     destination_id  integer NOT NULL REFERENCES eo.destination (id) ON DELETE CASCADE,
     message_id      uuid NOT NULL,
@@ -725,7 +763,9 @@ AS 'MODULE_PATHNAME', 'eo_relay_status'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 -- One routing and one retry step of the relay, in the caller's transaction
--- (where no relay worker runs, and for tests).  Returns messages routed.
+-- (READ COMMITTED; where no relay worker runs, and for tests).  Delivers
+-- to notify destinations at commit; messages for http destinations wait in
+-- the log for the relay worker, woken at commit.  Returns messages routed.
 CREATE FUNCTION eo.relay_run(max_messages integer DEFAULT 1000)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'eo_relay_run'
@@ -755,12 +795,12 @@ CREATE VIEW eo.stats AS
     SELECT d.name AS destination,
            d.kind,
            d.enabled,
-           coalesce(q.pending, 0) AS pending,
-           coalesce(q.in_flight, 0) AS in_flight,
+           coalesce(q.pending, 0) OPERATOR(pg_catalog.+) coalesce(b.waiting, 0) AS pending,
+           coalesce(q.in_flight, 0) OPERATOR(pg_catalog.+) coalesce(b.sending, 0) AS in_flight,
            coalesce(q.retrying, 0) AS retrying,
            coalesce(q.dead, 0) AS dead,
            s.delivered_total,
-           pg_catalog.now() OPERATOR(pg_catalog.-) q.oldest_pending AS oldest_pending_age,
+           pg_catalog.now() OPERATOR(pg_catalog.-) LEAST(q.oldest_pending, b.oldest) AS oldest_pending_age,
            s.last_error,
            s.last_error_at,
            s.last_success_at,
@@ -775,7 +815,22 @@ CREATE VIEW eo.stats AS
                  pg_catalog.min(x.created_at) FILTER (WHERE x.state OPERATOR(pg_catalog.<>) 'dead') AS oldest_pending
             FROM eo.delivery x
            WHERE x.destination_id OPERATOR(pg_catalog.=) d.id
-      ) q ON true;
+      ) q ON true
+      -- Messages of the log after the cursor: in the window being sent, or
+      -- waiting for the next one (those set aside are counted above).
+      LEFT JOIN LATERAL (
+          SELECT pg_catalog.count(*) FILTER (
+                     WHERE m.seq OPERATOR(pg_catalog.>) coalesce(s.sending_seq, s.delivered_seq)) AS waiting,
+                 pg_catalog.count(*) FILTER (
+                     WHERE m.seq OPERATOR(pg_catalog.<=) s.sending_seq) AS sending,
+                 pg_catalog.min(m.routed_at) AS oldest
+            FROM eo.message_log m
+           WHERE m.seq OPERATOR(pg_catalog.>) s.delivered_seq
+             AND d.id OPERATOR(pg_catalog.=) ANY (m.routes)
+             AND NOT EXISTS (SELECT 1 FROM eo.delivery y
+                              WHERE y.destination_id OPERATOR(pg_catalog.=) d.id
+                                AND y.message_id OPERATOR(pg_catalog.=) m.id)
+      ) b ON true;
 COMMENT ON VIEW eo.stats IS
     'per destination: deliveries pending, in flight, retrying and dead, delivered total, oldest pending age, last error and success';
 
@@ -788,7 +843,8 @@ COMMENT ON VIEW eo.unrouted IS
     'routed messages that matched no subscription (eo.route_unrouted delivers them, until eo.outbox_retention purges them)';
 
 -- Deletes routed messages older than eo.outbox_retention that have no
--- unfinished delivery (at most max_rows, all when NULL), and key rows idle
+-- unfinished delivery and that every cursor has passed (at most max_rows,
+-- all when NULL), and key rows idle
 -- for as long, and HTTP attempts older than eo.outbox_retention (at most
 -- max_rows of them too); returns how many messages it deleted.  A negative
 -- max_rows is refused.  The relay calls it as housekeeping; operators may
@@ -814,6 +870,9 @@ BEGIN
          WHERE m.routed_at OPERATOR(pg_catalog.<) h.before
            AND NOT EXISTS (SELECT 1 FROM eo.delivery AS d
                             WHERE d.message_id OPERATOR(pg_catalog.=) m.id)
+           AND NOT EXISTS (SELECT 1 FROM eo.destination_stats AS s
+                            WHERE s.destination_id OPERATOR(pg_catalog.=) ANY (m.routes)
+                              AND s.delivered_seq OPERATOR(pg_catalog.<) m.seq)
          ORDER BY m.routed_at
          LIMIT max_rows
     ), deleted AS (
@@ -1629,7 +1688,7 @@ REVOKE ALL ON TABLE
     eo.idempotency_key
 FROM PUBLIC;
 REVOKE ALL ON TABLE eo.destinations, eo.relay_status, eo.stats, eo.unrouted FROM PUBLIC;
-REVOKE ALL ON SEQUENCE eo.idempotency_fence_seq FROM PUBLIC;
+REVOKE ALL ON SEQUENCE eo.idempotency_fence_seq, eo.message_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION
     -- inbox
     eo.process(text, text, interval),
@@ -1657,6 +1716,7 @@ REVOKE ALL ON FUNCTION
     eo.subscribe(text, text),
     eo.unsubscribe(text, text),
     eo.check_topic_pattern(text),
+    eo.topic_matches(text, text),
     -- deliveries and relay
     eo.redrive(text),
     eo.wake_relay(),

@@ -1,0 +1,76 @@
+/*-------------------------------------------------------------------------
+ *
+ * relay_spi.c
+ *	  Helpers the relay's files share for talking SQL through SPI: saved
+ *	  plans, and reading a message out of a result row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "relay.h"
+
+/*
+ * eo_relay_prepare
+ *		Prepare and keep a plan of the relay (the statement text is a
+ *		constant); *plan caches it until eo_relay_free_plans().
+ */
+SPIPlanPtr
+eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "eo_processing relay: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* Free kept plans (after an error they may refer to dropped objects). */
+void
+eo_relay_free_plans(SPIPlanPtr **plans, int nplans)
+{
+	for (int i = 0; i < nplans; i++)
+	{
+		if (*plans[i] != NULL)
+			SPI_freeplan(*plans[i]);
+		*plans[i] = NULL;
+	}
+}
+
+/*
+ * eo_message_from_spi
+ *		Read an EoMessage from columns first..first+6 of an SPI row (id,
+ *		published_at, topic, key, headers, payload, payload_text), copied
+ *		into the current memory context, so that it outlives SPI_finish()
+ *		when that context does.
+ */
+void
+eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(msg, 0, sizeof(EoMessage));
+	msg->id = *DatumGetUUIDP(SPI_getbinval(tup, desc, first, &isnull));
+	msg->published_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 1, &isnull));
+	msg->topic = TextDatumGetCString(SPI_getbinval(tup, desc, first + 2, &isnull));
+	d = SPI_getbinval(tup, desc, first + 3, &isnull);
+	msg->key = isnull ? NULL : TextDatumGetCString(d);
+	d = SPI_getbinval(tup, desc, first + 4, &isnull);
+	msg->headers = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = SPI_getbinval(tup, desc, first + 5, &isnull);
+	msg->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = SPI_getbinval(tup, desc, first + 6, &isnull);
+	msg->payload_text = isnull ? NULL : TextDatumGetCString(d);
+}

@@ -1,0 +1,358 @@
+/*-------------------------------------------------------------------------
+ *
+ * sink_http.c
+ *	  The "http" sink: signed webhooks (Standard Webhooks), sent with
+ *	  libcurl's multi interface while the relay's loop goes on.
+ *
+ *	  This file is the transport only: it starts requests the relay hands
+ *	  it, lets libcurl progress when the relay's wait says a socket is
+ *	  ready or libcurl's timer is due, and classifies each answer:
+ *		2xx					 delivered
+ *		410 Gone			 disable the destination (the message waits)
+ *		429, 503 + Retry-After  retry after that many seconds
+ *		a request that can never be sent (a message header HTTP cannot
+ *		carry)				 permanent
+ *		anything else		 retry on the destination's schedule
+ *	  What follows (the next attempt, dead, the attempt log) is the relay's
+ *	  decision.  Requests are built in http_request.c; options are parsed in
+ *	  http_options.c.
+ *
+ *	  libcurl's sockets are registered through its socket and timer
+ *	  callbacks and added to the relay's WaitEventSet, so the relay reacts
+ *	  to SIGTERM, SIGHUP and commits while requests are on the wire.
+ *	  Connections are reused between requests to the same host.
+ *
+ *	  Memory: a request lives in its own context under http_cxt (not tied
+ *	  to any transaction) until the relay releases its send; libcurl's
+ *	  allocations are freed with each request and at process exit.  The
+ *	  strings of an outcome are allocated in the send's own context.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "destination.h"
+#include "http.h"
+#include "relay.h"
+#include "sink.h"
+
+/* The Standard Webhooks retry schedule (after the immediate first attempt). */
+#define HTTP_DEFAULT_RETRY_DELAYS "5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h"
+#define HTTP_DEFAULT_TIMEOUT_MS	15000
+#define HTTP_DEFAULT_CONCURRENCY 16
+
+#define HTTP_GONE_REASON \
+	"the receiver answered 410 Gone; eo.alter_destination() enables it again"
+
+/* A socket libcurl asked us to watch. */
+typedef struct WatchedSocket
+{
+	curl_socket_t fd;
+	int			what;			/* CURL_POLL_IN / _OUT / _INOUT */
+} WatchedSocket;
+
+static CURLM *multi = NULL;
+static MemoryContext http_cxt = NULL;
+
+/* libcurl's sockets and timer (plain malloc: the callbacks cannot throw). */
+static WatchedSocket *sockets = NULL;
+static int	nsockets = 0;
+static int	socket_capacity = 0;
+static bool timer_set = false;
+static TimestampTz timer_deadline = 0;
+
+/* libcurl socket callback: remember what to wait for on a socket. */
+static int
+socket_changed(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	int			i;
+
+	for (i = 0; i < nsockets; i++)
+	{
+		if (sockets[i].fd == fd)
+			break;
+	}
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (i < nsockets)
+			sockets[i] = sockets[--nsockets];
+		return 0;
+	}
+	if (i == nsockets)
+	{
+		if (nsockets == socket_capacity)
+		{
+			int			cap = Max(16, socket_capacity * 2);
+			WatchedSocket *grown = realloc(sockets, sizeof(WatchedSocket) * cap);
+
+			if (grown == NULL)
+				return -1;		/* libcurl fails the transfer */
+			sockets = grown;
+			socket_capacity = cap;
+		}
+		sockets[nsockets++].fd = fd;
+	}
+	sockets[i].what = what;
+	return 0;
+}
+
+/* libcurl timer callback: when to call it back without socket activity. */
+static int
+timer_changed(CURLM *m, long timeout_ms, void *userp)
+{
+	if (timeout_ms < 0)
+		timer_set = false;
+	else
+	{
+		timer_set = true;
+		timer_deadline = GetCurrentTimestamp() + (TimestampTz) timeout_ms * 1000;
+	}
+	return 0;
+}
+
+/* on_proc_exit callback: give back everything libcurl holds. */
+static void
+http_cleanup(int code, Datum arg)
+{
+	if (multi != NULL)
+		curl_multi_cleanup(multi);
+	multi = NULL;
+	free(sockets);
+	sockets = NULL;
+	nsockets = socket_capacity = 0;
+	curl_global_cleanup();
+}
+
+/* Set up libcurl the first time a request starts. */
+static void
+http_init(void)
+{
+	if (multi != NULL)
+		return;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		elog(ERROR, "eo_processing relay: could not initialise libcurl");
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "eo_processing relay: could not create a libcurl multi handle");
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_changed);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_changed);
+	/* Keep idle connections for reuse, up to what may be in flight. */
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) (4 * eo_http_max_concurrency));
+	http_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing http requests",
+									 ALLOCSET_DEFAULT_SIZES);
+	on_proc_exit(http_cleanup, (Datum) 0);
+}
+
+/*
+ * classify
+ *		Fill a finished send's outcome from its request (strings in the
+ *		send's context).
+ */
+static void
+classify(SinkSend *send, HttpRequest *req)
+{
+	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(send));
+	bool		answered = (req->easy != NULL && req->result == CURLE_OK);
+	const char *error = eo_http_request_error(req);
+	SinkOutcome *out = &send->outcome;
+
+	out->error = error ? pstrdup(error) : NULL;
+	out->status = answered ? (int) req->status : -1;
+	out->latency_ms = req->latency_us / 1000.0;
+	out->response = answered ? pstrdup(req->snippet) : NULL;
+	out->retry_after_us = -1;
+	if (error == NULL)
+		out->result = SINK_DELIVERED;
+	else if (answered && req->status == 410)
+	{
+		out->result = SINK_DISABLE;
+		out->disable_reason = HTTP_GONE_REASON;
+	}
+	else if (req->permanent)
+		out->result = SINK_PERMANENT;
+	else
+	{
+		out->result = SINK_RETRY;
+		if (answered && (req->status == 429 || req->status == 503) &&
+			req->retry_after_secs >= 0)
+			out->retry_after_us = (int64) req->retry_after_secs * USECS_PER_SEC;
+	}
+	send->finished = true;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * http_start
+ *		Build the request of one send and hand it to libcurl.  A request
+ *		that cannot be built finishes at once with its error.
+ */
+static void
+http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
+{
+	HttpRequest *req;
+
+	http_init();
+	req = eo_http_request_build(http_cxt, dest, msg, send->attempt);
+	req->send = send;
+	send->private = req;
+	if (req->easy != NULL &&
+		curl_multi_add_handle(multi, req->easy) != CURLM_OK)
+	{
+		req->build_error = "could not start the request in libcurl";
+		curl_easy_cleanup(req->easy);
+		req->easy = NULL;
+	}
+	if (req->easy == NULL)
+		classify(send, req);
+}
+
+/* How many descriptors add_wait_events may add. */
+static int
+http_max_wait_events(void)
+{
+	return nsockets;
+}
+
+/* Add libcurl's sockets to the relay's wait; its timer lowers the timeout. */
+static void
+http_add_wait_events(WaitEventSet *set, long *timeout_ms)
+{
+	if (multi == NULL)
+		return;
+	for (int i = 0; i < nsockets; i++)
+	{
+		uint32		ev = 0;
+
+		if (sockets[i].what & CURL_POLL_IN)
+			ev |= WL_SOCKET_READABLE;
+		if (sockets[i].what & CURL_POLL_OUT)
+			ev |= WL_SOCKET_WRITEABLE;
+		if (ev != 0)
+			AddWaitEventToSet(set, ev, sockets[i].fd, NULL, (void *) &eo_http_sink);
+	}
+	if (timer_set)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		long		until = timer_deadline <= now ? 0 :
+			(long) ((timer_deadline - now + 999) / 1000);
+
+		*timeout_ms = Min(*timeout_ms, until);
+	}
+}
+
+/* Let libcurl work on the sockets that are ready, and on its timer. */
+static void
+http_handle_events(WaitEvent *events, int nevents)
+{
+	int			running;
+
+	if (multi == NULL)
+		return;
+	for (int i = 0; i < nevents; i++)
+	{
+		int			flags = 0;
+
+		if (events[i].user_data != (void *) &eo_http_sink)
+			continue;
+		if (events[i].events & WL_SOCKET_READABLE)
+			flags |= CURL_CSELECT_IN;
+		if (events[i].events & WL_SOCKET_WRITEABLE)
+			flags |= CURL_CSELECT_OUT;
+		(void) curl_multi_socket_action(multi, events[i].fd, flags, &running);
+	}
+	if (timer_set && GetCurrentTimestamp() >= timer_deadline)
+	{
+		timer_set = false;
+		(void) curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+}
+
+/* Move the sends whose transfers libcurl has finished to "done". */
+static void
+http_collect(dlist_head *done)
+{
+	CURLMsg    *m;
+	int			left;
+	int			running;
+
+	if (multi == NULL)
+		return;
+	/* Requests just added may be answered at once: let libcurl run them. */
+	(void) curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	while ((m = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		HttpRequest *req = NULL;
+
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		curl_multi_remove_handle(multi, m->easy_handle);
+		if (req == NULL || req->send == NULL)
+			continue;
+		eo_http_request_collect(req, m->data.result);
+		classify(req->send, req);
+		dlist_delete(&req->send->node);
+		dlist_push_tail(done, &req->send->node);
+	}
+}
+
+/* Free a send's request, finished or not. */
+static void
+http_release(SinkSend *send)
+{
+	HttpRequest *req = send->private;
+
+	if (req == NULL)
+		return;
+	if (req->easy != NULL && multi != NULL)
+		curl_multi_remove_handle(multi, req->easy);
+	eo_http_request_free(req);
+	send->private = NULL;
+}
+
+/* Defaults of an http destination's options. */
+static void
+http_init_options(DestinationConfig *cfg)
+{
+	HttpOptions *opts = palloc0(sizeof(HttpOptions));
+
+	opts->timeout_ms = HTTP_DEFAULT_TIMEOUT_MS;
+	opts->tls_verify = true;
+	cfg->sink_options = opts;
+}
+
+/* After parsing: the url is required. */
+static void
+http_check_options(DestinationConfig *cfg)
+{
+	if (HTTP_OPTIONS(cfg)->url == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("destinations of kind \"http\" need the option \"url\"")));
+}
+
+const SinkRoutine eo_http_sink = {
+	.kind = "http",
+	.option_names = "url, headers, signing_secret, timeout_ms, concurrency, "
+	"max_attempts, retry_delays, log_attempts and tls_verify",
+	.init_options = http_init_options,
+	.parse_option = eo_parse_http_option,
+	.check_options = http_check_options,
+	.may_configure = eo_check_may_configure_http,
+	.check_target = eo_check_http_destination_host,
+	.default_retry_delays = HTTP_DEFAULT_RETRY_DELAYS,
+	.default_concurrency = HTTP_DEFAULT_CONCURRENCY,
+	.logs_attempts = true,
+	.deliver = NULL,
+	.start = http_start,
+	.max_wait_events = http_max_wait_events,
+	.add_wait_events = http_add_wait_events,
+	.handle_events = http_handle_events,
+	.collect = http_collect,
+	.release = http_release,
+};
