@@ -462,6 +462,7 @@ if has_part 2; then
     lat_line="| $lat_rate | ${lat_seconds} s | $P_rate | $P_late_p99_ms / $P_late_max_ms ms | $A_matched / $P_timed ($A_missing missing) | $(lines_note) | ${A_p50} | ${A_p99} | ${A_max} | ${A_min} |"
     raw_rows+=("| 2 | latency at $lat_rate msg/s | p50 $A_p50 p99 $A_p99 max $A_max ms | client: $res; nginx: $ANALYSIS |")
     printf '  commit -> request: p50 %s, p99 %s, max %s ms (%s matched)\n' "$A_p50" "$A_p99" "$A_max" "$A_matched" >&2
+    lat_summary="$A_p50 / $A_p99 / $A_max"   # (part 4 analyses its own log into A_*)
     drop_hook hook_lat
 fi
 
@@ -519,7 +520,7 @@ if has_part 3; then
     fi
 fi
 if has_part 2; then
-    out "| 2 | commit → request at $lat_rate msg/s: p50 / p99 / max | $A_p50 / $A_p99 / $A_max ms | | |"
+    out "| 2 | commit → request at $lat_rate msg/s: p50 / p99 / max | $lat_summary ms | | |"
 fi
 if has_part 4; then
     out "| 4 | receiver answering after $slow_ms ms, $slow_msgs messages: eo (concurrency 16) / hand-written | $slow_eo_rate / $slow_hand_rate msg/s = $(ratio "$slow_eo_rate" "$slow_hand_rate")× | | |"
