@@ -513,3 +513,159 @@ append_perf_reports() {
         done
     } >>"$result_file"
 }
+
+# ---------------------------------------------------------------- nginx
+# The local webhook receiver of http_bench.sh (nginx answering 200 to
+# POST /hook).  The
+# caller sets python, http_port and nginx_workers, and creates $tmp/nginx
+# and $tmp/nginx/tmp (prepare_tmp "nginx nginx/tmp ...").
+nginx_runner=""             # the runuser/nginx process in the background
+
+# apt_install PKG: installs the Debian package PKG (root only), running
+# apt-get update once if the first attempt fails.
+apt_install() {
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -qq --no-install-recommends)
+    echo "$bench_name: installing Debian's $1 ..." >&2
+    if ! "${apt[@]}" install "$1" >/dev/null; then
+        "${apt[@]}" update >/dev/null
+        "${apt[@]}" install "$1" >/dev/null || die "apt-get install $1 failed"
+    fi
+}
+
+# find_nginx: sets nginx_bin (empty if nginx is not installed).
+find_nginx() {
+    nginx_bin=$(command -v nginx 2>/dev/null || true)
+    [[ -z $nginx_bin && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
+    true
+}
+
+# ensure_nginx: sets nginx_bin, installing nginx from Debian first if it
+# is missing (as root).  Debian 12's nginx-light is only nginx plus an
+# echo module; older releases' nginx is a metapackage that pulls
+# nginx-core: either gives /usr/sbin/nginx.  Debian starts the system's
+# nginx service after installing it (unless policy-rc.d forbids); the
+# benchmarks run their own instance and leave that one alone.
+ensure_nginx() {
+    local pkg candidate
+    find_nginx
+    [[ -n $nginx_bin ]] && return 0
+    (( EUID == 0 )) || die "nginx is not installed: install it (apt-get install nginx) or run as root"
+    for pkg in nginx nginx-light; do
+        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        [[ -n $candidate && $candidate != "(none)" ]] || continue
+        apt_install "$pkg"
+        find_nginx
+        [[ -n $nginx_bin ]] || die "nginx not found after installing $pkg"
+        return 0
+    done
+    die "neither nginx nor nginx-light is known to apt (apt-get update?)"
+}
+
+# nginx_conf [MAIN_LINES [LOCATIONS]]: the receiver's configuration: POST
+# /hook -> 200 "ok" (the body is read and discarded, so the connection
+# stays usable), long keep-alive, an access log of $msec and the message
+# ids, buffered (written every 100 ms at the latest; $msec is the time of
+# the request, not of the write).  MAIN_LINES go first (load_module ...),
+# LOCATIONS into the server block.
+nginx_conf() {
+    local ng=$tmp/nginx
+    [[ -n ${1:-} ]] && printf '%s\n' "$1"
+    cat <<CONF
+# $bench_name.sh: the webhook receiver
+worker_processes $nginx_workers;
+daemon off;
+pid $ng/nginx.pid;
+error_log $ng/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $ng/tmp/body;
+    proxy_temp_path $ng/tmp/proxy;
+    fastcgi_temp_path $ng/tmp/fastcgi;
+    uwsgi_temp_path $ng/tmp/uwsgi;
+    scgi_temp_path $ng/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_buffer_size 64k;
+    default_type text/plain;
+    log_format hook '\$msec \$http_idempotency_key \$status \$connection \$connection_requests \$request_length \$http_webhook_id';
+    server {
+        listen 127.0.0.1:$http_port backlog=4096;
+        location = /hook {
+            access_log $ng/access.log hook buffer=64k flush=100ms;
+            if (\$request_method != POST) { return 405; }
+            return 200 "ok\n";
+        }
+${2:-}
+        location / { return 404; }
+    }
+}
+CONF
+}
+
+# start_nginx [MAIN_LINES [LOCATIONS]]: writes nginx_conf's configuration,
+# starts our nginx as the server user and waits until it answers; sets
+# nginx_pid (the master) and nginx_version, and creates the access log.
+start_nginx() {
+    local i ng=$tmp/nginx
+    nginx_conf "${1:-}" "${2:-}" >"$ng/nginx.conf"
+    (( EUID == 0 )) && chown -R postgres: "$ng"
+    as_pg "$nginx_bin" -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$tmp/logs/nginx.out" 2>&1 &
+    nginx_runner=$!
+    for (( i = 0; i < 100; i++ )); do
+        if [[ -s $ng/nginx.pid ]] && as_pg "$python" -c '
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=2)
+c.request("POST", "/hook", body=b"{}")
+sys.exit(c.getresponse().status != 200)' "$http_port" 2>/dev/null; then
+            nginx_pid=$(head -n 1 "$ng/nginx.pid")
+            nginx_version=$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')
+            touch "$ng/access.log"
+            return 0
+        fi
+        kill -0 "$nginx_runner" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$tmp/logs/nginx.out" "$ng/error.log" >&2 2>/dev/null || true
+    die "nginx did not start"
+}
+
+# stop_nginx: stops our nginx (if running) and waits for it.
+stop_nginx() {
+    [[ -n $nginx_runner ]] || return 0
+    [[ -s $tmp/nginx/nginx.pid ]] && kill -TERM "$(head -n 1 "$tmp/nginx/nginx.pid")" 2>/dev/null
+    wait "$nginx_runner" 2>/dev/null || true
+    nginx_runner=""
+}
+
+# nginx_cpu_ticks: CPU ticks of nginx's worker processes.
+nginx_cpu_ticks() {
+    local p t=0
+    for p in $(ps -o pid= --ppid "$nginx_pid" 2>/dev/null); do
+        t=$(( t + $(proc_cpu_ticks "$p") ))
+    done
+    echo "$t"
+}
+
+# log_mark: lines in the access log so far (a phase's first line is the next).
+log_mark() { wc -l <"$tmp/nginx/access.log"; }
+
+# log_settle: returns once the access log has stopped growing (nginx
+# writes its buffer every 100 ms).
+log_settle() {
+    local n0 n1
+    n1=$(log_mark)
+    while :; do
+        sleep 0.3
+        n0=$n1
+        n1=$(log_mark)
+        (( n1 == n0 )) && break
+    done
+}
+
+# log_since MARK FILE: once the log has settled, copies the lines after
+# MARK to FILE.
+log_since() {
+    log_settle
+    tail -n +"$(( $1 + 1 ))" "$tmp/nginx/access.log" >"$2"
+}

@@ -116,55 +116,16 @@ require_files http_setup.sql http_reset.sql http_bench.py outbox_listener.py
 has_part() { [[ " $parts " == *" $1 "* ]]; }
 
 # --------------------------------------------------------------------- nginx
-# find_nginx: sets nginx_bin (empty if nginx is not installed).
-find_nginx() {
-    nginx_bin=$(command -v nginx 2>/dev/null || true)
-    [[ -z $nginx_bin && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
-    true
-}
-# install_nginx: installs nginx from Debian.  Debian 12's nginx-light is
-# only nginx plus an echo module; older releases' nginx is a metapackage
-# that pulls nginx-core: either gives /usr/sbin/nginx.  Debian starts the
-# system's nginx service after installing it (unless policy-rc.d forbids);
-# this benchmark runs its own instance and leaves that one alone.
-install_nginx() {
-    local pkg candidate
-    (( EUID == 0 )) || die "nginx is not installed: install it (apt-get install nginx) or run as root"
-    for pkg in nginx nginx-light; do
-        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
-        [[ -n $candidate && $candidate != "(none)" ]] || continue
-        echo "$bench_name: installing $pkg $candidate from Debian ..." >&2
-        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; then
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null ||
-                die "apt-get install $pkg failed"
-        fi
-        return 0
-    done
-    die "neither nginx nor nginx-light is known to apt (apt-get update?)"
-}
+ensure_nginx                    # (bench_lib.sh: installs it from Debian if missing)
 # Part 4's slow receiver answers after a delay: nginx's echo module.
 echo_module=/usr/lib/nginx/modules/ngx_http_echo_module.so
-install_echo_module() {
-    [[ -f $echo_module ]] && return 0
+if has_part 4 && [[ ! -f $echo_module ]]; then
     (( EUID == 0 )) || die "part 4 needs nginx's echo module: apt-get install libnginx-mod-http-echo (or BENCH_PARTS without 4)"
-    echo "installing Debian's libnginx-mod-http-echo (for part 4) ..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libnginx-mod-http-echo >/dev/null || die "could not install libnginx-mod-http-echo"
-}
-find_nginx
-if [[ -z $nginx_bin ]]; then
-    install_nginx
-    find_nginx
-    [[ -n $nginx_bin ]] || die "nginx not found after installing it"
-fi
-if [[ " $parts " == *" 4 "* ]]; then
-    install_echo_module
+    apt_install libnginx-mod-http-echo
 fi
 
 # ------------------------------------------------------- who runs the server
 setup_server_user
-nginx_runner=""             # the runuser/nginx process in the background
 # cleanup (bench_lib.sh), before it stops the server: stop perf and nginx
 cleanup_before_stop() {
     perf_stop
@@ -173,107 +134,14 @@ cleanup_before_stop() {
 make_tmp
 prepare_tmp "run nginx nginx/tmp" http_setup.sql http_reset.sql http_bench.py outbox_listener.py
 
-# nginx_conf: our nginx: one location, POST /hook -> 200 "ok" (the body
-# is read and discarded, so the connection stays usable), long keep-alive,
-# an access log of $msec and the message ids, buffered (written every
-# 100 ms at the latest; $msec is the time of the request, not of the write).
-nginx_conf() {
-    local ng=$tmp/nginx
-    [[ " $parts " == *" 4 "* ]] && echo "load_module $echo_module;"
-    cat <<EOF
-# http_bench.sh: the webhook receiver
-worker_processes $nginx_workers;
-daemon off;
-pid $ng/nginx.pid;
-error_log $ng/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $ng/tmp/body;
-    proxy_temp_path $ng/tmp/proxy;
-    fastcgi_temp_path $ng/tmp/fastcgi;
-    uwsgi_temp_path $ng/tmp/uwsgi;
-    scgi_temp_path $ng/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    client_body_buffer_size 64k;
-    default_type text/plain;
-    log_format hook '\$msec \$http_idempotency_key \$status \$connection \$connection_requests \$request_length \$http_webhook_id';
-    server {
-        listen 127.0.0.1:$http_port backlog=4096;
-        location = /hook {
-            access_log $ng/access.log hook buffer=64k flush=100ms;
-            if (\$request_method != POST) { return 405; }
-            return 200 "ok\n";
-        }
-$(slow_location)
-        location / { return 404; }
-    }
-}
-EOF
-}
-# slow_location: part 4's receiver, answering after slow_ms.
+# slow_location: part 4's receiver, answering after slow_ms (a location
+# for start_nginx).
 slow_location() {
-    [[ " $parts " == *" 4 "* ]] || return 0
     local secs
     secs=$(awk -v ms="$slow_ms" 'BEGIN { printf "%.3f", ms / 1000 }')
     printf '        location = /slow {\n'
     printf '            access_log %s hook buffer=64k flush=100ms;\n' "$tmp/nginx/access.log"
     printf '            echo_read_request_body;\n            echo_sleep %s;\n            echo ok;\n        }\n' "$secs"
-}
-# start_nginx: starts our nginx as the server user and waits until it
-# answers; sets nginx_pid (the master) and nginx_version.
-start_nginx() {
-    local i ng=$tmp/nginx
-    nginx_conf >"$ng/nginx.conf"
-    (( EUID == 0 )) && chown -R postgres: "$ng"
-    as_pg "$nginx_bin" -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$tmp/logs/nginx.out" 2>&1 &
-    nginx_runner=$!
-    for (( i = 0; i < 100; i++ )); do
-        if [[ -s $ng/nginx.pid ]] && as_pg "$python" -c '
-import http.client, sys
-c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=2)
-c.request("POST", "/hook", body=b"{}")
-sys.exit(c.getresponse().status != 200)' "$http_port" 2>/dev/null; then
-            nginx_pid=$(head -n 1 "$ng/nginx.pid")
-            nginx_version=$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')
-            return 0
-        fi
-        kill -0 "$nginx_runner" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$tmp/logs/nginx.out" "$ng/error.log" >&2 2>/dev/null || true
-    die "nginx did not start"
-}
-# stop_nginx: stops our nginx (if running) and waits for it.
-stop_nginx() {
-    [[ -n $nginx_runner ]] || return 0
-    [[ -s $tmp/nginx/nginx.pid ]] && kill -TERM "$(head -n 1 "$tmp/nginx/nginx.pid")" 2>/dev/null
-    wait "$nginx_runner" 2>/dev/null || true
-    nginx_runner=""
-}
-# nginx_cpu_ticks: CPU ticks of nginx's worker processes.
-nginx_cpu_ticks() {
-    local p t=0
-    for p in $(ps -o pid= --ppid "$nginx_pid" 2>/dev/null); do
-        t=$(( t + $(proc_cpu_ticks "$p") ))
-    done
-    echo "$t"
-}
-# log_mark: lines in the access log so far (a phase's first line is the next).
-log_mark() { wc -l <"$tmp/nginx/access.log"; }
-# log_since MARK FILE: once the log has stopped growing (nginx writes its
-# buffer every 100 ms), copy the lines after MARK to FILE.
-log_since() {
-    local mark=$1 n0 n1
-    n1=$(log_mark)
-    while :; do
-        sleep 0.3
-        n0=$n1
-        n1=$(log_mark)
-        (( n1 == n0 )) && break
-    done
-    tail -n +"$(( mark + 1 ))" "$tmp/nginx/access.log" >"$2"
 }
 
 # ------------------------------------------------------------ the servers
@@ -298,8 +166,11 @@ start_server
 perf_after_start
 run_setup http_setup.sql
 perf_after_setup
-start_nginx
-touch "$tmp/nginx/access.log"
+if has_part 4; then
+    start_nginx "load_module $echo_module;" "$(slow_location)"
+else
+    start_nginx
+fi
 
 # ----------------------------------------------------------------- helpers
 py() { as_pg "$python" "$tmp/scripts/http_bench.py" "$@"; }
