@@ -514,9 +514,9 @@ append_perf_reports() {
     } >>"$result_file"
 }
 
-# ---------------------------------------------------------------- nginx
-# The local webhook receiver of http_bench.sh (nginx answering 200 to
-# POST /hook).  The
+# ------------------------------------------------------- nginx and wrk
+# The local webhook receiver of http_bench.sh and relay_bench.sh (nginx
+# answering 200 to POST /hook), and its ceiling measured with wrk.  The
 # caller sets python, http_port and nginx_workers, and creates $tmp/nginx
 # and $tmp/nginx/tmp (prepare_tmp "nginx nginx/tmp ...").
 nginx_runner=""             # the runuser/nginx process in the background
@@ -559,6 +559,17 @@ ensure_nginx() {
         return 0
     done
     die "neither nginx nor nginx-light is known to apt (apt-get update?)"
+}
+
+# ensure_wrk: sets wrk_bin, installing Debian's wrk first if it is missing
+# and we are root; false (wrk_bin empty) if it cannot be had.
+ensure_wrk() {
+    wrk_bin=$(command -v wrk 2>/dev/null || true)
+    [[ -n $wrk_bin ]] && return 0
+    (( EUID == 0 )) || return 1
+    apt_install wrk
+    wrk_bin=$(command -v wrk 2>/dev/null || true)
+    [[ -n $wrk_bin ]]
 }
 
 # nginx_conf [MAIN_LINES [LOCATIONS]]: the receiver's configuration: POST
@@ -668,4 +679,37 @@ log_settle() {
 log_since() {
     log_settle
     tail -n +"$(( $1 + 1 ))" "$tmp/nginx/access.log" >"$2"
+}
+
+# wrk_version: "wrk 4.1.0" (the first two words of wrk -v).
+wrk_version() { "$wrk_bin" -v 2>&1 | awk 'NR == 1 { print $1, $2 }'; }
+
+# wrk_ceiling URL SECONDS CONNECTIONS: what our nginx answers at most,
+# measured by wrk (ensure_wrk first): CONNECTIONS keep-alive connections
+# on two threads for SECONDS, each POSTing a request the size of a signed
+# webhook (about 100 bytes of JSON and the relay's headers) to URL.  Sets
+# WRK_RPS (requests/s) and WRK_ERRORS (non-2xx answers and socket errors);
+# the access log has settled when it returns.
+wrk_ceiling() {
+    local lua=$tmp/logs/wrk_post.lua log=$tmp/logs/wrk.log threads=2
+    (( $3 < threads )) && threads=$3
+    cat >"$lua" <<'LUA'
+-- bench_lib.sh wrk_ceiling: a request shaped like a signed webhook
+wrk.method = "POST"
+wrk.body = '{"i": 1, "pad": "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Idempotency-Key"] = "wrk-ceiling"
+wrk.headers["webhook-id"] = "01a21a0b-88ff-7063-b597-0b2152cb98be"
+wrk.headers["webhook-timestamp"] = "1764748800"
+wrk.headers["webhook-signature"] = "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="
+wrk.headers["eo-topic"] = "bench.drain"
+LUA
+    "$wrk_bin" -t "$threads" -c "$3" -d "${2}s" -s "$lua" "$1" >"$log" 2>&1 ||
+        { cat "$log" >&2; die "wrk failed"; }
+    WRK_RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$log")
+    WRK_ERRORS=$(awk '/Non-2xx or 3xx responses:/ { n += $NF }
+                      /Socket errors:/ { for (i = 4; i <= NF; i += 2) n += $i }
+                      END { print n + 0 }' "$log")
+    [[ -n $WRK_RPS ]] || { cat "$log" >&2; die "could not read wrk's requests/s"; }
+    log_settle
 }

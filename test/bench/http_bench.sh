@@ -15,7 +15,9 @@
 #      concurrency of BENCH_HTTP_CONCURRENCY ("16 64"; 16 is the default).
 #      nginx's access log must hold every message once.
 #      Target: >= 4,800 msg/s, 20x the ~240 requests/s pg_net reports for
-#      its own local benchmark.
+#      its own local benchmark.  The ceiling beside it: what the same nginx
+#      answers to wrk (BENCH_WRK_CONNECTIONS keep-alive connections for
+#      BENCH_WRK_SECONDS, requests shaped like a signed webhook).
 #   2. Latency at a steady BENCH_LATENCY_RATE (500) messages/s for
 #      BENCH_LATENCY_SECONDS (20): one message per transaction from
 #      BENCH_LATENCY_CLIENTS (4) psycopg 3 connections on one schedule,
@@ -29,8 +31,8 @@
 #      SKIP LOCKED, POST each one in turn with the id as Idempotency-Key,
 #      DELETE, COMMIT), same nginx, same payloads; and eo / hand-written.
 #
-# Usage (as root: nginx is installed from Debian if missing and the servers
-# run as "postgres"; or as a normal user with nginx installed; the
+# Usage (as root: nginx and wrk are installed from Debian if missing and the
+# servers run as "postgres"; or as a normal user with nginx installed; the
 # extension must be installed with "make install"; the clients need
 # python3 with psycopg 3: Debian package python3-psycopg):
 #
@@ -50,6 +52,9 @@
 #   BENCH_SLOW_MESSAGES=2000      part 4: messages to the slow receiver
 #   BENCH_SLOW_MS=5               part 4: its answer delay (nginx echo module)
 #   BENCH_NGINX_WORKERS=1         nginx worker processes
+#   BENCH_WRK=1                   part 1's ceiling with wrk (0: skip it)
+#   BENCH_WRK_SECONDS=3           duration of the wrk run
+#   BENCH_WRK_CONNECTIONS=16      its keep-alive connections (2 threads)
 #   BENCH_SYNC_COMMIT=off         run with synchronous_commit=off; default:
 #                                 the server default (on)
 #   BENCH_PERF=1                  also "perf record -g" the relay worker
@@ -87,6 +92,9 @@ parts=${BENCH_PARTS:-"1 2 3 4"}
 slow_msgs=${BENCH_SLOW_MESSAGES:-2000}
 slow_ms=${BENCH_SLOW_MS:-5}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
+do_wrk=${BENCH_WRK:-1}
+wrk_seconds=${BENCH_WRK_SECONDS:-3}
+wrk_conns=${BENCH_WRK_CONNECTIONS:-16}
 sync_commit=${BENCH_SYNC_COMMIT:-}
 do_perf=${BENCH_PERF:-0}
 python=${BENCH_PYTHON:-/usr/bin/python3}
@@ -95,7 +103,8 @@ pg_config=$(default_pg_config)
 seconds=$lat_seconds            # (check_sync_commit's warmup; unused here)
 target=4800                     # msg/s: 20 x pg_net's ~240 requests/s
 
-for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers slow_msgs slow_ms; do
+for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers slow_msgs slow_ms \
+         wrk_seconds wrk_conns; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
 done
 for c in $conc_list; do
@@ -106,6 +115,7 @@ done
 for p in $parts; do
     [[ $p =~ ^[1-4]$ ]] || die "BENCH_PARTS must be a list of 1, 2, 3, 4"
 done
+[[ $do_wrk == [01] ]] || die "BENCH_WRK must be 0 or 1"
 (( n_msgs % n_txns == 0 )) || die "BENCH_HTTP_MESSAGES must be a multiple of BENCH_HTTP_TRANSACTIONS"
 check_sync_commit
 check_installation
@@ -122,6 +132,12 @@ echo_module=/usr/lib/nginx/modules/ngx_http_echo_module.so
 if has_part 4 && [[ ! -f $echo_module ]]; then
     (( EUID == 0 )) || die "part 4 needs nginx's echo module: apt-get install libnginx-mod-http-echo (or BENCH_PARTS without 4)"
     apt_install libnginx-mod-http-echo
+fi
+# wrk measures what nginx alone answers (the ceiling of part 1).
+wrk_note=""
+if (( do_wrk )) && has_part 1 && ! ensure_wrk; then
+    wrk_note="wrk is not installed (apt-get install wrk, or run as root): no ceiling"
+    echo "$bench_name: $wrk_note" >&2
 fi
 
 # ------------------------------------------------------- who runs the server
@@ -288,6 +304,12 @@ if has_part 1; then
             "$c" "$r" "$secs" "$last_s" "$(lines_note)" >&2
         drop_hook "$dest"
     done
+    if [[ -n ${wrk_bin:-} ]]; then
+        echo "part 1: ceiling: wrk, $wrk_conns connections, ${wrk_seconds}s ..." >&2
+        wrk_ceiling "$url" "$wrk_seconds" "$wrk_conns"
+        raw_rows+=("| 1 | ceiling: wrk, $wrk_conns connections, ${wrk_seconds}s | $WRK_RPS requests/s | errors: $WRK_ERRORS |")
+        printf '  wrk: %s requests/s (%s errors)\n' "$WRK_RPS" "$WRK_ERRORS" >&2
+    fi
 fi
 
 # ============================================================ part 3
@@ -381,6 +403,12 @@ if has_part 1; then
     for c in $conc_list; do
         out "| 1 | drain of $n_msgs messages, concurrency $c: msg/s | ${drain_rate[$c]} | ≥ $target | $(verdict "${drain_rate[$c]}" "$target") |"
     done
+    if [[ -n ${wrk_bin:-} ]]; then
+        out "| 1 | ceiling: the same nginx under wrk ($wrk_conns keep-alive connections, ${wrk_seconds} s): requests/s | $WRK_RPS | | |"
+        for c in $conc_list; do
+            out "| 1 | drain, concurrency $c, ÷ the ceiling | $(ratio "${drain_rate[$c]}" "$WRK_RPS") | | |"
+        done
+    fi
 fi
 if has_part 3; then
     out "| 3 | hand-written relay (Python, sequential POSTs, 100 per transaction): msg/s | $hand_rate | | |"
@@ -410,6 +438,13 @@ if has_part 1; then
     out "Times from ALTER SYSTEM SET eo.relay_enabled = on + pg_reload_conf(); drained: the first"
     out "poll (every 50 ms) of eo.stats with pending = in_flight = retrying = 0 and"
     out "delivered_total = $n_msgs. nginx's times have a resolution of 1 ms."
+    if [[ -n ${wrk_bin:-} ]]; then
+        out "Ceiling: $(wrk_version) with $wrk_conns keep-alive connections on 2 threads for"
+        out "${wrk_seconds} s against the same nginx and location: $WRK_RPS requests/s ($WRK_ERRORS errors);"
+        out "its requests carry the same body size and headers shaped like the relay's."
+    elif [[ -n $wrk_note ]]; then
+        out "No ceiling: $wrk_note."
+    fi
     out ""
 fi
 if has_part 3; then
