@@ -284,6 +284,8 @@ reaped_cpu_ticks() {
 wait_backends_reaped() {
     local i
     for (( i = 0; i < 100; i++ )); do
+        # (pgrep cannot match a process state: zombies count too)
+        # shellcheck disable=SC2009
         ps -o stat=,args= --ppid "$pm_pid" 2>/dev/null |
             grep -Eq "^Z|$client_backend_re" || return 0
         sleep 0.05
@@ -465,7 +467,10 @@ perf_stop() {
 }
 
 # stmts_reset: forgets the statements' times so far.
-stmts_reset() { [[ $do_perf == 1 ]] && sql1 "SELECT pg_stat_statements_reset()" >/dev/null || true; }
+stmts_reset() {
+    [[ $do_perf == 1 ]] || return 0
+    sql1 "SELECT pg_stat_statements_reset()" >/dev/null || true
+}
 
 # stmts_save NAME: keeps the statements that took the most time since
 # stmts_reset, for append_perf_reports.

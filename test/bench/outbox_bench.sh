@@ -113,7 +113,9 @@ cleanup_before_stop() {
     perf_stop
     if [[ -n $listener_pid ]]; then
         # the python process itself (its pid is in the ready file)
-        [[ -s $tmp/run/ready ]] && kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
+        if [[ -s $tmp/run/ready ]]; then
+            kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
+        fi
         wait "$listener_pid" 2>/dev/null || true
     fi
 }
