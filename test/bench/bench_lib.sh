@@ -400,6 +400,75 @@ proc_cpu_ticks() {
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
+# ------------------------------------------------------ the LISTEN client
+# outbox_listener.py listen, in the background, on channel "bench".  The
+# caller sets python and listen_dsn (best a role of its own, so that its
+# backend is not taken for a pgbench client's by wait_backends_reaped),
+# and has $tmp/run and $tmp/scripts/outbox_listener.py.
+listener_pid=""             # the runuser/python process of a running listener
+listener_n=0
+
+# start_listener NAME IDLE_S MAX_S: starts the listener and waits until its
+# LISTEN is in effect; it writes what it receives to L_OUT, its output to
+# L_LOG, and stops IDLE_S seconds after the last notification once told
+# how many to expect (finish_listener), or after MAX_S.
+start_listener() {
+    local name=$1 idle=$2 max=$3 i
+    listener_n=$(( listener_n + 1 ))
+    L_OUT="$tmp/run/listen-$listener_n-$name.tsv"
+    L_LOG="$tmp/logs/listen-$listener_n-$name.log"
+    rm -f "$tmp/run/ready" "$tmp/run/expect"
+    as_pg "$python" "$tmp/scripts/outbox_listener.py" listen --dsn "$listen_dsn" --channel bench \
+        --out "$L_OUT" --ready-file "$tmp/run/ready" --expect-file "$tmp/run/expect" \
+        --idle "$idle" --max-seconds "$max" >"$L_LOG" 2>&1 &
+    listener_pid=$!
+    for (( i = 0; i < 200; i++ )); do
+        [[ -s $tmp/run/ready ]] && return 0
+        kill -0 "$listener_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$L_LOG" >&2
+    die "the listener did not start"
+}
+
+# finish_listener COUNT: tells the listener to expect COUNT notifications
+# and waits for it to write its file.
+finish_listener() {
+    echo "$1" >"$tmp/run/expect.tmp"
+    chmod 644 "$tmp/run/expect.tmp"
+    mv "$tmp/run/expect.tmp" "$tmp/run/expect"
+    wait "$listener_pid" || { cat "$L_LOG" >&2; die "the listener failed"; }
+    listener_pid=""
+}
+
+# stop_listener: stops a running listener at once (for cleanup).
+stop_listener() {
+    [[ -n $listener_pid ]] || return 0
+    # the python process itself (its pid is in the ready file)
+    if [[ -s $tmp/run/ready ]]; then
+        kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
+    fi
+    wait "$listener_pid" 2>/dev/null || true
+    listener_pid=""
+}
+
+# listener_analyze FILE [PGBENCH_LOGS...]: outbox_listener.py analyze of a
+# listener's FILE (matched with pgbench's per-transaction logs if given);
+# sets ANALYSIS (its key=value line) and A_<key> for each of its keys.
+listener_analyze() {
+    local f=$1 line kv
+    shift
+    unset "${!A_@}"
+    local args=(analyze --file "$f")
+    (( $# > 0 )) && args+=(--pgbench-log "$@")
+    line=$(as_pg "$python" "$tmp/scripts/outbox_listener.py" "${args[@]}") ||
+        die "analysis of $f failed"
+    ANALYSIS="$line"
+    for kv in $line; do
+        printf -v "A_${kv%%=*}" '%s' "${kv#*=}"
+    done
+}
+
 # ----------------------------------------------------------------------- perf
 # With do_perf=1 (BENCH_PERF=1), perf records chosen processes and
 # pg_stat_statements the statements' times; append_perf_reports writes
