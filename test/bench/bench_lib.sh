@@ -302,7 +302,8 @@ next_run_log() {
 # measure_pgbench WORKLOAD CLIENTS SECONDS [pgbench args...]: runs
 # $tmp/scripts/WORKLOAD.pgbench (-M prepared, -j min(clients, 2)), appending
 # to $PGB_LOG; sets TPS LAT XACTS FAILED and CPU_US (server CPU µs per
-# transaction); dies if pgbench fails or a transaction failed.
+# transaction); dies if pgbench fails or a transaction failed.  If the
+# caller defines on_pgbench_end, it is called as soon as pgbench returns.
 measure_pgbench() {
     local w=$1 c=$2 secs=$3 j cpu0 cpu1
     shift 3
@@ -314,6 +315,8 @@ measure_pgbench() {
         cat "$PGB_LOG" >&2
         die "pgbench failed ($w, $c clients)"
     fi
+    # what the caller reads the moment the load stops (before the wait)
+    if declare -F on_pgbench_end >/dev/null; then on_pgbench_end; fi
     wait_backends_reaped
     cpu1=$(reaped_cpu_ticks)
     TPS=$(awk '/^tps = / {print $3; exit}' "$PGB_LOG")
@@ -327,6 +330,13 @@ measure_pgbench() {
         'BEGIN { if (x > 0) printf "%.1f", t / hz * 1e6 / x; else print 0 }')
 }
 
+# parse_kv PREFIX LINE: sets PREFIX<key> for every key=value of LINE (and
+# unsets the other PREFIX variables).
+parse_kv() {
+    local kv v
+    for v in $(compgen -v "$1"); do unset "$v"; done
+    for kv in $2; do printf -v "$1${kv%%=*}" '%s' "${kv#*=}"; done
+}
 # median: the median of the numbers on stdin (space or newline separated).
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {
     if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }

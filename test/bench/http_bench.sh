@@ -228,12 +228,6 @@ publish_backlog() {
         psql_q -c "VACUUM ANALYZE app_outbox" -c "CHECKPOINT" >/dev/null
     fi
 }
-# parse_kv PREFIX LINE: sets PREFIX<key> for every key=value of LINE.
-parse_kv() {
-    local kv v
-    for v in $(compgen -v "$1"); do unset "$v"; done
-    for kv in $2; do printf -v "$1${kv%%=*}" '%s' "${kv#*=}"; done
-}
 # analyze_log FILE [COMMITS]: nginx's lines of a phase -> A_*.
 analyze_log() {
     local args=(analyze --log "$1")
