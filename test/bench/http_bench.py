@@ -6,7 +6,8 @@
                until the destination has nothing pending, in flight or
                retrying and delivered_total >= --expect.  Prints key=value:
                t0 (the reload), t_done (the poll that saw it done), polls,
-               and the destination's final counters.
+               the destination's final counters, and lsn: the WAL insert
+               position read by that last poll.
   publish-at   Publish one message per transaction (autocommit) at a steady
                --rate for --seconds from --clients connections (threads),
                on a fixed schedule (a late publish does not shift the ones
@@ -57,22 +58,24 @@ def cmd_drain(a):
         row = None
         while True:
             row = conn.execute(
-                "SELECT pending, in_flight, retrying, dead, delivered_total"
+                "SELECT pending, in_flight, retrying, dead, delivered_total,"
+                "       pg_current_wal_insert_lsn()::text"
                 "  FROM eo.stats WHERE destination = %s", (a.destination,)).fetchone()
             polls += 1
             if row is None:
                 sys.exit("destination %s is not in eo.stats" % a.destination)
-            pending, in_flight, retrying, dead, delivered = row
+            pending, in_flight, retrying, dead, delivered, lsn = row
             if pending == 0 and in_flight == 0 and retrying == 0 and delivered >= a.expect:
                 break
             if time.time() - t0 > a.timeout:
                 break
             time.sleep(a.poll)
         t_done = time.time()
-    pending, in_flight, retrying, dead, delivered = row
+    pending, in_flight, retrying, dead, delivered, lsn = row
     kv(t0="%.6f" % t0, t_done="%.6f" % t_done, polls=polls, pending=pending,
        in_flight=in_flight, retrying=retrying, dead=dead, delivered=delivered,
-       done=int(delivered >= a.expect and pending == 0 and in_flight == 0 and retrying == 0))
+       done=int(delivered >= a.expect and pending == 0 and in_flight == 0 and retrying == 0),
+       lsn=lsn)
 
 
 def cmd_publish_at(a):
