@@ -357,6 +357,7 @@ group_http() {
     secs=$(elapsed "$D_t0" "$D_t_done")
     nginx_lines "$mark" "$tmp/run/access-http.log"
     check_received "http drain" "$N_lines" "$N_distinct" "$http_n"
+    kv http_messages "$http_n"
     kv http_rate "$(rate "$http_n" "$secs")"
     kv http_seconds "$secs"
     kv http_publish_seconds "$publish_s"
@@ -365,6 +366,9 @@ group_http() {
     echo "  ${R[http_rate]} msg/s (${secs} s), nginx: ${R[http_received]}; rows/msg ${R[http_rows_per_msg]}, WAL bytes/msg ${R[http_wal_per_msg]}" >&2
     echo "http: ceiling: wrk, $wrk_conns connections, ${wrk_seconds} s ..." >&2
     wrk_ceiling "$url" "$wrk_seconds" "$wrk_conns"
+    kv nginx_version "$nginx_version, $nginx_workers worker process(es)"
+    kv wrk_version "$(wrk_version)"
+    kv wrk_connections "$wrk_conns"
     kv wrk_rps "$WRK_RPS"
     kv wrk_errors "$WRK_ERRORS"
     echo "  wrk: $WRK_RPS requests/s ($WRK_ERRORS errors)" >&2
@@ -386,6 +390,7 @@ group_notify() {
     listener_analyze "$L_OUT"
     check_received "notify drain" "$A_count" "$A_distinct" "$notify_n"
     secs=$(elapsed "$D_t0" "$D_t_done")
+    kv notify_messages "$notify_n"
     kv notify_rate "$(rate "$notify_n" "$secs")"
     kv notify_seconds "$secs"
     kv notify_publish_seconds "$publish_s"
@@ -414,6 +419,7 @@ group_latency() {
     finish_listener "$got"
     listener_analyze "$L_OUT" "$tmp/run/lat".*
     check_received "latency" "$A_count" "$A_distinct" "$got"
+    kv lat_rate "$lat_rate"
     kv lat_tps "$(fmt "$TPS")"
     kv lat_lag_ms "${lag:-?}"
     kv lat_p50 "${A_ack_p50:-nan}"
@@ -463,6 +469,8 @@ group_load() {
     drain_s=$(elapsed "$B_t" "$D_t_done")
     nginx_lines "$mark" "$tmp/run/access-load.log"
     check_received "load" "$N_lines" "$N_distinct" "$B_published"
+    kv load_clients "$load_clients"
+    kv load_seconds "$load_seconds"
     kv load_tps_off "$(fmt "$tps_off")"
     kv load_tps_on "$(fmt "$tps_on")"
     kv load_ratio "$(ratio "$tps_on" "$tps_off")"
