@@ -19,8 +19,8 @@
 #            default concurrency (16) and a signing secret, pointing at a
 #            local nginx that answers 200 (keep-alive); then the relay
 #            turned on: msg/s until eo.stats shows delivered_total = the
-#            backlog and nothing pending, in flight or retrying (polled
-#            every BENCH_POLL_SECONDS).  Target >= 25,000 msg/s.  nginx's
+#            backlog and nothing pending, in flight or retrying (see
+#            "Drains" below).  Target >= 25,000 msg/s.  nginx's
 #            access log must hold every message.  Beside it, the ceiling:
 #            what the same nginx answers to wrk (BENCH_WRK_CONNECTIONS
 #            keep-alive connections for BENCH_WRK_SECONDS, requests shaped
@@ -47,6 +47,15 @@
 #            that count / the publish rate = seconds of publishing (target
 #            <= 2 s); the drain rate from then until eo.stats shows all
 #            delivered.
+#
+# Drains are timed from turning eo.relay_enabled on (ALTER SYSTEM +
+# pg_reload_conf(), the worker's start included) to the poll that sees
+# eo.stats show the destination drained (http_bench.py drain --counter):
+# every BENCH_POLL_SECONDS the poller reads the relay's own counter
+# (delivered_since_start of eo.relay_status, from shared memory), and reads
+# eo.stats, which counts deliveries in tables and costs far more on a busy
+# two-CPU machine, only once that counter has reached the backlog (or every
+# half second regardless).  The poller's CPU time is recorded.
 #
 # The cost of the http and notify drains: rows written and WAL bytes per
 # delivered message, over the drain only (not the publishing).  Rows: the
@@ -80,7 +89,7 @@
 #   BENCH_LOAD_SECONDS=20 *         (quick: 3) duration of each of its runs
 #   BENCH_WRK_SECONDS=3 *           (quick: 1) duration of the wrk ceiling
 #   BENCH_WRK_CONNECTIONS=16        its keep-alive connections
-#   BENCH_POLL_SECONDS=0.02         how often the drains poll eo.stats
+#   BENCH_POLL_SECONDS=0.02         how often the drains poll (see Drains)
 #   BENCH_NGINX_WORKERS=1           nginx worker processes
 #   BENCH_SYNC_COMMIT=off           synchronous_commit of the cluster
 #                                   (default: the server default, on)
@@ -266,7 +275,7 @@ publish_backlog() {
 # D_t_done (the poll that saw it), D_lsn (the WAL insert position then).
 drain() {
     local res
-    res=$(py drain --dsn "$dsn" --destination "$1" --expect "$2" --poll "$poll" --timeout 600) ||
+    res=$(py drain --dsn "$dsn" --destination "$1" --expect "$2" --poll "$poll" --counter --timeout 600) ||
         die "the drain poller failed"
     parse_kv D_ "$res"
     [[ $D_done == 1 ]] || die "$db: not drained in 600 s: $res (see $tmp/logs/server.log)"
@@ -360,6 +369,7 @@ group_http() {
     kv http_messages "$http_n"
     kv http_rate "$(rate "$http_n" "$secs")"
     kv http_seconds "$secs"
+    kv http_poll_cpu "$D_poll_cpu"
     kv http_publish_seconds "$publish_s"
     kv http_nginx_rate "$(rate "$http_n" "$(elapsed "$D_t0" "$N_last")")"
     kv http_received "$N_distinct/$http_n ($N_lines requests, $N_non2xx non-2xx, $N_connections connections)"
@@ -393,6 +403,7 @@ group_notify() {
     kv notify_messages "$notify_n"
     kv notify_rate "$(rate "$notify_n" "$secs")"
     kv notify_seconds "$secs"
+    kv notify_poll_cpu "$D_poll_cpu"
     kv notify_publish_seconds "$publish_s"
     kv notify_recv_rate "$(rate "$A_count" "$(elapsed "$D_t0" "$A_last")")"
     kv notify_received "$A_distinct/$notify_n ($A_count notifications)"
