@@ -47,7 +47,8 @@
 #   BENCH_WORKDIR=<dir>            where the PostgreSQL copies, sources and
 #                                  logs go; kept, and its PostgreSQL copies
 #                                  reused, on the next run (default: a new
-#                                  temporary directory, removed at the end)
+#                                  temporary directory, removed at the end
+#                                  unless the run fails)
 #   BENCH_RELAY_GROUPS="http notify latency load"  which groups, in order
 #   BENCH_QUICK=1 and every other BENCH_* setting of relay_bench.sh apply to
 #   both builds alike.
@@ -128,6 +129,8 @@ compare_cleanup() {
     trap - EXIT INT TERM
     if (( keep_workdir )); then
         echo "$bench_name: work directory kept: $workdir" >&2
+    elif (( rc != 0 )); then
+        echo "$bench_name: work directory kept for its logs: $workdir (remove it when done)" >&2
     else
         rm -rf -- "$workdir"
     fi
@@ -308,5 +311,17 @@ for k in http_received notify_received lat_received load_received; do
 done
 out ""
 if [[ $result_file != /dev/null ]]; then
+    {
+        echo "## Every figure recorded (relay_bench.sh key=value, in the order measured)"
+        echo ""
+        for side in old new; do
+            if [[ $side == old ]]; then echo "### $old_label"; else echo "### $new_label"; fi
+            echo ""
+            echo '```'
+            cat "$workdir/kv-$side.txt"
+            echo '```'
+            echo ""
+        done
+    } >>"$result_file"
     echo "results written to $result_file" >&2
 fi
