@@ -284,6 +284,8 @@ reaped_cpu_ticks() {
 wait_backends_reaped() {
     local i
     for (( i = 0; i < 100; i++ )); do
+        # (pgrep cannot match a process state: zombies count too)
+        # shellcheck disable=SC2009
         ps -o stat=,args= --ppid "$pm_pid" 2>/dev/null |
             grep -Eq "^Z|$client_backend_re" || return 0
         sleep 0.05
@@ -300,7 +302,8 @@ next_run_log() {
 # measure_pgbench WORKLOAD CLIENTS SECONDS [pgbench args...]: runs
 # $tmp/scripts/WORKLOAD.pgbench (-M prepared, -j min(clients, 2)), appending
 # to $PGB_LOG; sets TPS LAT XACTS FAILED and CPU_US (server CPU µs per
-# transaction); dies if pgbench fails or a transaction failed.
+# transaction); dies if pgbench fails or a transaction failed.  If the
+# caller defines on_pgbench_end, it is called as soon as pgbench returns.
 measure_pgbench() {
     local w=$1 c=$2 secs=$3 j cpu0 cpu1
     shift 3
@@ -312,6 +315,8 @@ measure_pgbench() {
         cat "$PGB_LOG" >&2
         die "pgbench failed ($w, $c clients)"
     fi
+    # what the caller reads the moment the load stops (before the wait)
+    if declare -F on_pgbench_end >/dev/null; then on_pgbench_end; fi
     wait_backends_reaped
     cpu1=$(reaped_cpu_ticks)
     TPS=$(awk '/^tps = / {print $3; exit}' "$PGB_LOG")
@@ -325,6 +330,13 @@ measure_pgbench() {
         'BEGIN { if (x > 0) printf "%.1f", t / hz * 1e6 / x; else print 0 }')
 }
 
+# parse_kv PREFIX LINE: sets PREFIX<key> for every key=value of LINE (and
+# unsets the other PREFIX variables).
+parse_kv() {
+    local kv v
+    for v in $(compgen -v "$1"); do unset "$v"; done
+    for kv in $2; do printf -v "$1${kv%%=*}" '%s' "${kv#*=}"; done
+}
 # median: the median of the numbers on stdin (space or newline separated).
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {
     if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
@@ -398,6 +410,75 @@ proc_cpu_ticks() {
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
+# ------------------------------------------------------ the LISTEN client
+# outbox_listener.py listen, in the background, on channel "bench".  The
+# caller sets python and listen_dsn (best a role of its own, so that its
+# backend is not taken for a pgbench client's by wait_backends_reaped),
+# and has $tmp/run and $tmp/scripts/outbox_listener.py.
+listener_pid=""             # the runuser/python process of a running listener
+listener_n=0
+
+# start_listener NAME IDLE_S MAX_S: starts the listener and waits until its
+# LISTEN is in effect; it writes what it receives to L_OUT, its output to
+# L_LOG, and stops IDLE_S seconds after the last notification once told
+# how many to expect (finish_listener), or after MAX_S.
+start_listener() {
+    local name=$1 idle=$2 max=$3 i
+    listener_n=$(( listener_n + 1 ))
+    L_OUT="$tmp/run/listen-$listener_n-$name.tsv"
+    L_LOG="$tmp/logs/listen-$listener_n-$name.log"
+    rm -f "$tmp/run/ready" "$tmp/run/expect"
+    as_pg "$python" "$tmp/scripts/outbox_listener.py" listen --dsn "$listen_dsn" --channel bench \
+        --out "$L_OUT" --ready-file "$tmp/run/ready" --expect-file "$tmp/run/expect" \
+        --idle "$idle" --max-seconds "$max" >"$L_LOG" 2>&1 &
+    listener_pid=$!
+    for (( i = 0; i < 200; i++ )); do
+        [[ -s $tmp/run/ready ]] && return 0
+        kill -0 "$listener_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$L_LOG" >&2
+    die "the listener did not start"
+}
+
+# finish_listener COUNT: tells the listener to expect COUNT notifications
+# and waits for it to write its file.
+finish_listener() {
+    echo "$1" >"$tmp/run/expect.tmp"
+    chmod 644 "$tmp/run/expect.tmp"
+    mv "$tmp/run/expect.tmp" "$tmp/run/expect"
+    wait "$listener_pid" || { cat "$L_LOG" >&2; die "the listener failed"; }
+    listener_pid=""
+}
+
+# stop_listener: stops a running listener at once (for cleanup).
+stop_listener() {
+    [[ -n $listener_pid ]] || return 0
+    # the python process itself (its pid is in the ready file)
+    if [[ -s $tmp/run/ready ]]; then
+        kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
+    fi
+    wait "$listener_pid" 2>/dev/null || true
+    listener_pid=""
+}
+
+# listener_analyze FILE [PGBENCH_LOGS...]: outbox_listener.py analyze of a
+# listener's FILE (matched with pgbench's per-transaction logs if given);
+# sets ANALYSIS (its key=value line) and A_<key> for each of its keys.
+listener_analyze() {
+    local f=$1 line kv
+    shift
+    unset "${!A_@}"
+    local args=(analyze --file "$f")
+    (( $# > 0 )) && args+=(--pgbench-log "$@")
+    line=$(as_pg "$python" "$tmp/scripts/outbox_listener.py" "${args[@]}") ||
+        die "analysis of $f failed"
+    ANALYSIS="$line"
+    for kv in $line; do
+        printf -v "A_${kv%%=*}" '%s' "${kv#*=}"
+    done
+}
+
 # ----------------------------------------------------------------------- perf
 # With do_perf=1 (BENCH_PERF=1), perf records chosen processes and
 # pg_stat_statements the statements' times; append_perf_reports writes
@@ -465,7 +546,10 @@ perf_stop() {
 }
 
 # stmts_reset: forgets the statements' times so far.
-stmts_reset() { [[ $do_perf == 1 ]] && sql1 "SELECT pg_stat_statements_reset()" >/dev/null || true; }
+stmts_reset() {
+    [[ $do_perf == 1 ]] || return 0
+    sql1 "SELECT pg_stat_statements_reset()" >/dev/null || true
+}
 
 # stmts_save NAME: keeps the statements that took the most time since
 # stmts_reset, for append_perf_reports.
@@ -512,4 +596,204 @@ append_perf_reports() {
             echo ""
         done
     } >>"$result_file"
+}
+
+# ------------------------------------------------------- nginx and wrk
+# The local webhook receiver of http_bench.sh and relay_bench.sh (nginx
+# answering 200 to POST /hook), and its ceiling measured with wrk.  The
+# caller sets python, http_port and nginx_workers, and creates $tmp/nginx
+# and $tmp/nginx/tmp (prepare_tmp "nginx nginx/tmp ...").
+nginx_runner=""             # the runuser/nginx process in the background
+
+# apt_install PKG: installs the Debian package PKG (root only), running
+# apt-get update once if the first attempt fails.
+apt_install() {
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -qq --no-install-recommends)
+    echo "$bench_name: installing Debian's $1 ..." >&2
+    if ! "${apt[@]}" install "$1" >/dev/null; then
+        "${apt[@]}" update >/dev/null
+        "${apt[@]}" install "$1" >/dev/null || die "apt-get install $1 failed"
+    fi
+}
+
+# find_nginx: sets nginx_bin (empty if nginx is not installed).
+find_nginx() {
+    nginx_bin=$(command -v nginx 2>/dev/null || true)
+    [[ -z $nginx_bin && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
+    true
+}
+
+# ensure_nginx: sets nginx_bin, installing nginx from Debian first if it
+# is missing (as root).  Debian 12's nginx-light is only nginx plus an
+# echo module; older releases' nginx is a metapackage that pulls
+# nginx-core: either gives /usr/sbin/nginx.  Debian starts the system's
+# nginx service after installing it (unless policy-rc.d forbids); the
+# benchmarks run their own instance and leave that one alone.
+ensure_nginx() {
+    local pkg candidate
+    find_nginx
+    [[ -n $nginx_bin ]] && return 0
+    (( EUID == 0 )) || die "nginx is not installed: install it (apt-get install nginx) or run as root"
+    for pkg in nginx nginx-light; do
+        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        [[ -n $candidate && $candidate != "(none)" ]] || continue
+        apt_install "$pkg"
+        find_nginx
+        [[ -n $nginx_bin ]] || die "nginx not found after installing $pkg"
+        return 0
+    done
+    die "neither nginx nor nginx-light is known to apt (apt-get update?)"
+}
+
+# ensure_wrk: sets wrk_bin, installing Debian's wrk first if it is missing
+# and we are root; false (wrk_bin empty) if it cannot be had.
+ensure_wrk() {
+    wrk_bin=$(command -v wrk 2>/dev/null || true)
+    [[ -n $wrk_bin ]] && return 0
+    (( EUID == 0 )) || return 1
+    apt_install wrk
+    wrk_bin=$(command -v wrk 2>/dev/null || true)
+    [[ -n $wrk_bin ]]
+}
+
+# nginx_conf [MAIN_LINES [LOCATIONS]]: the receiver's configuration: POST
+# /hook -> 200 "ok" (the body is read and discarded, so the connection
+# stays usable), long keep-alive, an access log of $msec and the message
+# ids, buffered (written every 100 ms at the latest; $msec is the time of
+# the request, not of the write).  MAIN_LINES go first (load_module ...),
+# LOCATIONS into the server block.
+nginx_conf() {
+    local ng=$tmp/nginx
+    [[ -n ${1:-} ]] && printf '%s\n' "$1"
+    cat <<CONF
+# $bench_name.sh: the webhook receiver
+worker_processes $nginx_workers;
+daemon off;
+pid $ng/nginx.pid;
+error_log $ng/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $ng/tmp/body;
+    proxy_temp_path $ng/tmp/proxy;
+    fastcgi_temp_path $ng/tmp/fastcgi;
+    uwsgi_temp_path $ng/tmp/uwsgi;
+    scgi_temp_path $ng/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_buffer_size 64k;
+    default_type text/plain;
+    log_format hook '\$msec \$http_idempotency_key \$status \$connection \$connection_requests \$request_length \$http_webhook_id';
+    server {
+        listen 127.0.0.1:$http_port backlog=4096;
+        location = /hook {
+            access_log $ng/access.log hook buffer=64k flush=100ms;
+            if (\$request_method != POST) { return 405; }
+            return 200 "ok\n";
+        }
+${2:-}
+        location / { return 404; }
+    }
+}
+CONF
+}
+
+# start_nginx [MAIN_LINES [LOCATIONS]]: writes nginx_conf's configuration,
+# starts our nginx as the server user and waits until it answers; sets
+# nginx_pid (the master) and nginx_version, and creates the access log.
+start_nginx() {
+    local i ng=$tmp/nginx
+    nginx_conf "${1:-}" "${2:-}" >"$ng/nginx.conf"
+    (( EUID == 0 )) && chown -R postgres: "$ng"
+    as_pg "$nginx_bin" -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$tmp/logs/nginx.out" 2>&1 &
+    nginx_runner=$!
+    for (( i = 0; i < 100; i++ )); do
+        if [[ -s $ng/nginx.pid ]] && as_pg "$python" -c '
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=2)
+c.request("POST", "/hook", body=b"{}")
+sys.exit(c.getresponse().status != 200)' "$http_port" 2>/dev/null; then
+            nginx_pid=$(head -n 1 "$ng/nginx.pid")
+            nginx_version=$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')
+            touch "$ng/access.log"
+            return 0
+        fi
+        kill -0 "$nginx_runner" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$tmp/logs/nginx.out" "$ng/error.log" >&2 2>/dev/null || true
+    die "nginx did not start"
+}
+
+# stop_nginx: stops our nginx (if running) and waits for it.
+stop_nginx() {
+    [[ -n $nginx_runner ]] || return 0
+    [[ -s $tmp/nginx/nginx.pid ]] && kill -TERM "$(head -n 1 "$tmp/nginx/nginx.pid")" 2>/dev/null
+    wait "$nginx_runner" 2>/dev/null || true
+    nginx_runner=""
+}
+
+# nginx_cpu_ticks: CPU ticks of nginx's worker processes.
+nginx_cpu_ticks() {
+    local p t=0
+    for p in $(ps -o pid= --ppid "$nginx_pid" 2>/dev/null); do
+        t=$(( t + $(proc_cpu_ticks "$p") ))
+    done
+    echo "$t"
+}
+
+# log_mark: lines in the access log so far (a phase's first line is the next).
+log_mark() { wc -l <"$tmp/nginx/access.log"; }
+
+# log_settle: returns once the access log has stopped growing (nginx
+# writes its buffer every 100 ms).
+log_settle() {
+    local n0 n1
+    n1=$(log_mark)
+    while :; do
+        sleep 0.3
+        n0=$n1
+        n1=$(log_mark)
+        (( n1 == n0 )) && break
+    done
+}
+
+# log_since MARK FILE: once the log has settled, copies the lines after
+# MARK to FILE.
+log_since() {
+    log_settle
+    tail -n +"$(( $1 + 1 ))" "$tmp/nginx/access.log" >"$2"
+}
+
+# wrk_version: "wrk 4.1.0" (the first two words of wrk -v).
+wrk_version() { "$wrk_bin" -v 2>&1 | awk 'NR == 1 { print $1, $2 }'; }
+
+# wrk_ceiling URL SECONDS CONNECTIONS: what our nginx answers at most,
+# measured by wrk (ensure_wrk first): CONNECTIONS keep-alive connections
+# on two threads for SECONDS, each POSTing a request the size of a signed
+# webhook (about 100 bytes of JSON and the relay's headers) to URL.  Sets
+# WRK_RPS (requests/s) and WRK_ERRORS (non-2xx answers and socket errors);
+# the access log has settled when it returns.
+wrk_ceiling() {
+    local lua=$tmp/logs/wrk_post.lua log=$tmp/logs/wrk.log threads=2
+    (( $3 < threads )) && threads=$3
+    cat >"$lua" <<'LUA'
+-- bench_lib.sh wrk_ceiling: a request shaped like a signed webhook
+wrk.method = "POST"
+wrk.body = '{"i": 1, "pad": "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Idempotency-Key"] = "wrk-ceiling"
+wrk.headers["webhook-id"] = "01a21a0b-88ff-7063-b597-0b2152cb98be"
+wrk.headers["webhook-timestamp"] = "1764748800"
+wrk.headers["webhook-signature"] = "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="
+wrk.headers["eo-topic"] = "bench.drain"
+LUA
+    "$wrk_bin" -t "$threads" -c "$3" -d "${2}s" -s "$lua" "$1" >"$log" 2>&1 ||
+        { cat "$log" >&2; die "wrk failed"; }
+    WRK_RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$log")
+    WRK_ERRORS=$(awk '/Non-2xx or 3xx responses:/ { n += $NF }
+                      /Socket errors:/ { for (i = 4; i <= NF; i += 2) n += $i }
+                      END { print n + 0 }' "$log")
+    [[ -n $WRK_RPS ]] || { cat "$log" >&2; die "could not read wrk's requests/s"; }
+    log_settle
 }

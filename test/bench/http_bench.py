@@ -6,7 +6,14 @@
                until the destination has nothing pending, in flight or
                retrying and delivered_total >= --expect.  Prints key=value:
                t0 (the reload), t_done (the poll that saw it done), polls,
-               and the destination's final counters.
+               the destination's final counters, lsn: the WAL insert
+               position read by that last poll, and poll_cpu: the CPU
+               seconds the polling took (this process and its backend).
+               With --counter, most polls read only the relay's counter
+               (delivered_since_start in eo.relay_status, shared memory:
+               far cheaper than eo.stats, which counts deliveries), and
+               eo.stats is read once that counter has reached --expect, or
+               every half second in any case.
   publish-at   Publish one message per transaction (autocommit) at a steady
                --rate for --seconds from --clients connections (threads),
                on a fixed schedule (a late publish does not shift the ones
@@ -50,29 +57,45 @@ def kv(**items):
 
 def cmd_drain(a):
     with psycopg.connect(a.dsn, autocommit=True) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        cpu0 = (resource.getrusage(resource.RUSAGE_SELF), proc_cpu_seconds(backend))
         conn.execute("ALTER SYSTEM SET eo.relay_enabled = on")
         t0 = time.time()
         conn.execute("SELECT pg_reload_conf()")
         polls = 0
         row = None
+        next_stats = 0.0
         while True:
+            if a.counter and time.time() < next_stats:
+                n = conn.execute(
+                    "SELECT coalesce(sum(delivered_since_start), 0) FROM eo.relay_status"
+                    " WHERE datname = current_database()").fetchone()[0]
+                if n < a.expect:
+                    time.sleep(a.poll)
+                    continue
+            next_stats = time.time() + 0.5
             row = conn.execute(
-                "SELECT pending, in_flight, retrying, dead, delivered_total"
+                "SELECT pending, in_flight, retrying, dead, delivered_total,"
+                "       pg_current_wal_insert_lsn()::text"
                 "  FROM eo.stats WHERE destination = %s", (a.destination,)).fetchone()
             polls += 1
             if row is None:
                 sys.exit("destination %s is not in eo.stats" % a.destination)
-            pending, in_flight, retrying, dead, delivered = row
+            pending, in_flight, retrying, dead, delivered, lsn = row
             if pending == 0 and in_flight == 0 and retrying == 0 and delivered >= a.expect:
                 break
             if time.time() - t0 > a.timeout:
                 break
             time.sleep(a.poll)
         t_done = time.time()
-    pending, in_flight, retrying, dead, delivered = row
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        poll_cpu = (ru.ru_utime + ru.ru_stime - cpu0[0].ru_utime - cpu0[0].ru_stime
+                    + proc_cpu_seconds(backend) - cpu0[1])
+    pending, in_flight, retrying, dead, delivered, lsn = row
     kv(t0="%.6f" % t0, t_done="%.6f" % t_done, polls=polls, pending=pending,
        in_flight=in_flight, retrying=retrying, dead=dead, delivered=delivered,
-       done=int(delivered >= a.expect and pending == 0 and in_flight == 0 and retrying == 0))
+       done=int(delivered >= a.expect and pending == 0 and in_flight == 0 and retrying == 0),
+       lsn=lsn, poll_cpu="%.3f" % poll_cpu)
 
 
 def cmd_publish_at(a):
@@ -211,6 +234,7 @@ def main():
     d.add_argument("--expect", type=int, required=True)
     d.add_argument("--poll", type=float, default=0.05)
     d.add_argument("--timeout", type=float, default=600.0)
+    d.add_argument("--counter", action="store_true")
     p = sub.add_parser("publish-at")
     p.add_argument("--dsn", required=True)
     p.add_argument("--topic", default="bench.latency")

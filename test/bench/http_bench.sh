@@ -15,7 +15,9 @@
 #      concurrency of BENCH_HTTP_CONCURRENCY ("16 64"; 16 is the default).
 #      nginx's access log must hold every message once.
 #      Target: >= 4,800 msg/s, 20x the ~240 requests/s pg_net reports for
-#      its own local benchmark.
+#      its own local benchmark.  The ceiling beside it: what the same nginx
+#      answers to wrk (BENCH_WRK_CONNECTIONS keep-alive connections for
+#      BENCH_WRK_SECONDS, requests shaped like a signed webhook).
 #   2. Latency at a steady BENCH_LATENCY_RATE (500) messages/s for
 #      BENCH_LATENCY_SECONDS (20): one message per transaction from
 #      BENCH_LATENCY_CLIENTS (4) psycopg 3 connections on one schedule,
@@ -29,8 +31,8 @@
 #      SKIP LOCKED, POST each one in turn with the id as Idempotency-Key,
 #      DELETE, COMMIT), same nginx, same payloads; and eo / hand-written.
 #
-# Usage (as root: nginx is installed from Debian if missing and the servers
-# run as "postgres"; or as a normal user with nginx installed; the
+# Usage (as root: nginx and wrk are installed from Debian if missing and the
+# servers run as "postgres"; or as a normal user with nginx installed; the
 # extension must be installed with "make install"; the clients need
 # python3 with psycopg 3: Debian package python3-psycopg):
 #
@@ -50,6 +52,9 @@
 #   BENCH_SLOW_MESSAGES=2000      part 4: messages to the slow receiver
 #   BENCH_SLOW_MS=5               part 4: its answer delay (nginx echo module)
 #   BENCH_NGINX_WORKERS=1         nginx worker processes
+#   BENCH_WRK=1                   part 1's ceiling with wrk (0: skip it)
+#   BENCH_WRK_SECONDS=3           duration of the wrk run
+#   BENCH_WRK_CONNECTIONS=16      its keep-alive connections (2 threads)
 #   BENCH_SYNC_COMMIT=off         run with synchronous_commit=off; default:
 #                                 the server default (on)
 #   BENCH_PERF=1                  also "perf record -g" the relay worker
@@ -87,6 +92,9 @@ parts=${BENCH_PARTS:-"1 2 3 4"}
 slow_msgs=${BENCH_SLOW_MESSAGES:-2000}
 slow_ms=${BENCH_SLOW_MS:-5}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
+do_wrk=${BENCH_WRK:-1}
+wrk_seconds=${BENCH_WRK_SECONDS:-3}
+wrk_conns=${BENCH_WRK_CONNECTIONS:-16}
 sync_commit=${BENCH_SYNC_COMMIT:-}
 do_perf=${BENCH_PERF:-0}
 python=${BENCH_PYTHON:-/usr/bin/python3}
@@ -95,7 +103,8 @@ pg_config=$(default_pg_config)
 seconds=$lat_seconds            # (check_sync_commit's warmup; unused here)
 target=4800                     # msg/s: 20 x pg_net's ~240 requests/s
 
-for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers slow_msgs slow_ms; do
+for v in n_msgs n_txns hand_batch lat_rate lat_seconds lat_clients nginx_workers slow_msgs slow_ms \
+         wrk_seconds wrk_conns; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v (BENCH_*) must be a positive integer"
 done
 for c in $conc_list; do
@@ -106,6 +115,7 @@ done
 for p in $parts; do
     [[ $p =~ ^[1-4]$ ]] || die "BENCH_PARTS must be a list of 1, 2, 3, 4"
 done
+[[ $do_wrk == [01] ]] || die "BENCH_WRK must be 0 or 1"
 (( n_msgs % n_txns == 0 )) || die "BENCH_HTTP_MESSAGES must be a multiple of BENCH_HTTP_TRANSACTIONS"
 check_sync_commit
 check_installation
@@ -116,55 +126,22 @@ require_files http_setup.sql http_reset.sql http_bench.py outbox_listener.py
 has_part() { [[ " $parts " == *" $1 "* ]]; }
 
 # --------------------------------------------------------------------- nginx
-# find_nginx: sets nginx_bin (empty if nginx is not installed).
-find_nginx() {
-    nginx_bin=$(command -v nginx 2>/dev/null || true)
-    [[ -z $nginx_bin && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
-    true
-}
-# install_nginx: installs nginx from Debian.  Debian 12's nginx-light is
-# only nginx plus an echo module; older releases' nginx is a metapackage
-# that pulls nginx-core: either gives /usr/sbin/nginx.  Debian starts the
-# system's nginx service after installing it (unless policy-rc.d forbids);
-# this benchmark runs its own instance and leaves that one alone.
-install_nginx() {
-    local pkg candidate
-    (( EUID == 0 )) || die "nginx is not installed: install it (apt-get install nginx) or run as root"
-    for pkg in nginx nginx-light; do
-        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
-        [[ -n $candidate && $candidate != "(none)" ]] || continue
-        echo "$bench_name: installing $pkg $candidate from Debian ..." >&2
-        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; then
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null ||
-                die "apt-get install $pkg failed"
-        fi
-        return 0
-    done
-    die "neither nginx nor nginx-light is known to apt (apt-get update?)"
-}
+ensure_nginx                    # (bench_lib.sh: installs it from Debian if missing)
 # Part 4's slow receiver answers after a delay: nginx's echo module.
 echo_module=/usr/lib/nginx/modules/ngx_http_echo_module.so
-install_echo_module() {
-    [[ -f $echo_module ]] && return 0
+if has_part 4 && [[ ! -f $echo_module ]]; then
     (( EUID == 0 )) || die "part 4 needs nginx's echo module: apt-get install libnginx-mod-http-echo (or BENCH_PARTS without 4)"
-    echo "installing Debian's libnginx-mod-http-echo (for part 4) ..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libnginx-mod-http-echo >/dev/null || die "could not install libnginx-mod-http-echo"
-}
-find_nginx
-if [[ -z $nginx_bin ]]; then
-    install_nginx
-    find_nginx
-    [[ -n $nginx_bin ]] || die "nginx not found after installing it"
+    apt_install libnginx-mod-http-echo
 fi
-if [[ " $parts " == *" 4 "* ]]; then
-    install_echo_module
+# wrk measures what nginx alone answers (the ceiling of part 1).
+wrk_note=""
+if (( do_wrk )) && has_part 1 && ! ensure_wrk; then
+    wrk_note="wrk is not installed (apt-get install wrk, or run as root): no ceiling"
+    echo "$bench_name: $wrk_note" >&2
 fi
 
 # ------------------------------------------------------- who runs the server
 setup_server_user
-nginx_runner=""             # the runuser/nginx process in the background
 # cleanup (bench_lib.sh), before it stops the server: stop perf and nginx
 cleanup_before_stop() {
     perf_stop
@@ -173,107 +150,14 @@ cleanup_before_stop() {
 make_tmp
 prepare_tmp "run nginx nginx/tmp" http_setup.sql http_reset.sql http_bench.py outbox_listener.py
 
-# nginx_conf: our nginx: one location, POST /hook -> 200 "ok" (the body
-# is read and discarded, so the connection stays usable), long keep-alive,
-# an access log of $msec and the message ids, buffered (written every
-# 100 ms at the latest; $msec is the time of the request, not of the write).
-nginx_conf() {
-    local ng=$tmp/nginx
-    [[ " $parts " == *" 4 "* ]] && echo "load_module $echo_module;"
-    cat <<EOF
-# http_bench.sh: the webhook receiver
-worker_processes $nginx_workers;
-daemon off;
-pid $ng/nginx.pid;
-error_log $ng/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $ng/tmp/body;
-    proxy_temp_path $ng/tmp/proxy;
-    fastcgi_temp_path $ng/tmp/fastcgi;
-    uwsgi_temp_path $ng/tmp/uwsgi;
-    scgi_temp_path $ng/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    client_body_buffer_size 64k;
-    default_type text/plain;
-    log_format hook '\$msec \$http_idempotency_key \$status \$connection \$connection_requests \$request_length \$http_webhook_id';
-    server {
-        listen 127.0.0.1:$http_port backlog=4096;
-        location = /hook {
-            access_log $ng/access.log hook buffer=64k flush=100ms;
-            if (\$request_method != POST) { return 405; }
-            return 200 "ok\n";
-        }
-$(slow_location)
-        location / { return 404; }
-    }
-}
-EOF
-}
-# slow_location: part 4's receiver, answering after slow_ms.
+# slow_location: part 4's receiver, answering after slow_ms (a location
+# for start_nginx).
 slow_location() {
-    [[ " $parts " == *" 4 "* ]] || return 0
     local secs
     secs=$(awk -v ms="$slow_ms" 'BEGIN { printf "%.3f", ms / 1000 }')
     printf '        location = /slow {\n'
     printf '            access_log %s hook buffer=64k flush=100ms;\n' "$tmp/nginx/access.log"
     printf '            echo_read_request_body;\n            echo_sleep %s;\n            echo ok;\n        }\n' "$secs"
-}
-# start_nginx: starts our nginx as the server user and waits until it
-# answers; sets nginx_pid (the master) and nginx_version.
-start_nginx() {
-    local i ng=$tmp/nginx
-    nginx_conf >"$ng/nginx.conf"
-    (( EUID == 0 )) && chown -R postgres: "$ng"
-    as_pg "$nginx_bin" -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$tmp/logs/nginx.out" 2>&1 &
-    nginx_runner=$!
-    for (( i = 0; i < 100; i++ )); do
-        if [[ -s $ng/nginx.pid ]] && as_pg "$python" -c '
-import http.client, sys
-c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=2)
-c.request("POST", "/hook", body=b"{}")
-sys.exit(c.getresponse().status != 200)' "$http_port" 2>/dev/null; then
-            nginx_pid=$(head -n 1 "$ng/nginx.pid")
-            nginx_version=$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')
-            return 0
-        fi
-        kill -0 "$nginx_runner" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$tmp/logs/nginx.out" "$ng/error.log" >&2 2>/dev/null || true
-    die "nginx did not start"
-}
-# stop_nginx: stops our nginx (if running) and waits for it.
-stop_nginx() {
-    [[ -n $nginx_runner ]] || return 0
-    [[ -s $tmp/nginx/nginx.pid ]] && kill -TERM "$(head -n 1 "$tmp/nginx/nginx.pid")" 2>/dev/null
-    wait "$nginx_runner" 2>/dev/null || true
-    nginx_runner=""
-}
-# nginx_cpu_ticks: CPU ticks of nginx's worker processes.
-nginx_cpu_ticks() {
-    local p t=0
-    for p in $(ps -o pid= --ppid "$nginx_pid" 2>/dev/null); do
-        t=$(( t + $(proc_cpu_ticks "$p") ))
-    done
-    echo "$t"
-}
-# log_mark: lines in the access log so far (a phase's first line is the next).
-log_mark() { wc -l <"$tmp/nginx/access.log"; }
-# log_since MARK FILE: once the log has stopped growing (nginx writes its
-# buffer every 100 ms), copy the lines after MARK to FILE.
-log_since() {
-    local mark=$1 n0 n1
-    n1=$(log_mark)
-    while :; do
-        sleep 0.3
-        n0=$n1
-        n1=$(log_mark)
-        (( n1 == n0 )) && break
-    done
-    tail -n +"$(( mark + 1 ))" "$tmp/nginx/access.log" >"$2"
 }
 
 # ------------------------------------------------------------ the servers
@@ -298,8 +182,11 @@ start_server
 perf_after_start
 run_setup http_setup.sql
 perf_after_setup
-start_nginx
-touch "$tmp/nginx/access.log"
+if has_part 4; then
+    start_nginx "load_module $echo_module;" "$(slow_location)"
+else
+    start_nginx
+fi
 
 # ----------------------------------------------------------------- helpers
 py() { as_pg "$python" "$tmp/scripts/http_bench.py" "$@"; }
@@ -340,12 +227,6 @@ publish_backlog() {
         [[ $(sql1 "SELECT count(*) FROM app_outbox") == "$n_msgs" ]] || die "app_outbox was not filled"
         psql_q -c "VACUUM ANALYZE app_outbox" -c "CHECKPOINT" >/dev/null
     fi
-}
-# parse_kv PREFIX LINE: sets PREFIX<key> for every key=value of LINE.
-parse_kv() {
-    local kv v
-    for v in $(compgen -v "$1"); do unset "$v"; done
-    for kv in $2; do printf -v "$1${kv%%=*}" '%s' "${kv#*=}"; done
 }
 # analyze_log FILE [COMMITS]: nginx's lines of a phase -> A_*.
 analyze_log() {
@@ -417,6 +298,12 @@ if has_part 1; then
             "$c" "$r" "$secs" "$last_s" "$(lines_note)" >&2
         drop_hook "$dest"
     done
+    if [[ -n ${wrk_bin:-} ]]; then
+        echo "part 1: ceiling: wrk, $wrk_conns connections, ${wrk_seconds}s ..." >&2
+        wrk_ceiling "$url" "$wrk_seconds" "$wrk_conns"
+        raw_rows+=("| 1 | ceiling: wrk, $wrk_conns connections, ${wrk_seconds}s | $WRK_RPS requests/s | errors: $WRK_ERRORS |")
+        printf '  wrk: %s requests/s (%s errors)\n' "$WRK_RPS" "$WRK_ERRORS" >&2
+    fi
 fi
 
 # ============================================================ part 3
@@ -462,6 +349,7 @@ if has_part 2; then
     lat_line="| $lat_rate | ${lat_seconds} s | $P_rate | $P_late_p99_ms / $P_late_max_ms ms | $A_matched / $P_timed ($A_missing missing) | $(lines_note) | ${A_p50} | ${A_p99} | ${A_max} | ${A_min} |"
     raw_rows+=("| 2 | latency at $lat_rate msg/s | p50 $A_p50 p99 $A_p99 max $A_max ms | client: $res; nginx: $ANALYSIS |")
     printf '  commit -> request: p50 %s, p99 %s, max %s ms (%s matched)\n' "$A_p50" "$A_p99" "$A_max" "$A_matched" >&2
+    lat_summary="$A_p50 / $A_p99 / $A_max"   # (part 4 analyses its own log into A_*)
     drop_hook hook_lat
 fi
 
@@ -509,6 +397,12 @@ if has_part 1; then
     for c in $conc_list; do
         out "| 1 | drain of $n_msgs messages, concurrency $c: msg/s | ${drain_rate[$c]} | ≥ $target | $(verdict "${drain_rate[$c]}" "$target") |"
     done
+    if [[ -n ${wrk_bin:-} ]]; then
+        out "| 1 | ceiling: the same nginx under wrk ($wrk_conns keep-alive connections, ${wrk_seconds} s): requests/s | $WRK_RPS | | |"
+        for c in $conc_list; do
+            out "| 1 | drain, concurrency $c, ÷ the ceiling | $(ratio "${drain_rate[$c]}" "$WRK_RPS") | | |"
+        done
+    fi
 fi
 if has_part 3; then
     out "| 3 | hand-written relay (Python, sequential POSTs, 100 per transaction): msg/s | $hand_rate | | |"
@@ -519,7 +413,7 @@ if has_part 3; then
     fi
 fi
 if has_part 2; then
-    out "| 2 | commit → request at $lat_rate msg/s: p50 / p99 / max | $A_p50 / $A_p99 / $A_max ms | | |"
+    out "| 2 | commit → request at $lat_rate msg/s: p50 / p99 / max | $lat_summary ms | | |"
 fi
 if has_part 4; then
     out "| 4 | receiver answering after $slow_ms ms, $slow_msgs messages: eo (concurrency 16) / hand-written | $slow_eo_rate / $slow_hand_rate msg/s = $(ratio "$slow_eo_rate" "$slow_hand_rate")× | | |"
@@ -538,6 +432,13 @@ if has_part 1; then
     out "Times from ALTER SYSTEM SET eo.relay_enabled = on + pg_reload_conf(); drained: the first"
     out "poll (every 50 ms) of eo.stats with pending = in_flight = retrying = 0 and"
     out "delivered_total = $n_msgs. nginx's times have a resolution of 1 ms."
+    if [[ -n ${wrk_bin:-} ]]; then
+        out "Ceiling: $(wrk_version) with $wrk_conns keep-alive connections on 2 threads for"
+        out "${wrk_seconds} s against the same nginx and location: $WRK_RPS requests/s ($WRK_ERRORS errors);"
+        out "its requests carry the same body size and headers shaped like the relay's."
+    elif [[ -n $wrk_note ]]; then
+        out "No ceiling: $wrk_note."
+    fi
     out ""
 fi
 if has_part 3; then

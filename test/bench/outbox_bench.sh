@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A_count, A_first, ...: assigned by analyze() through printf -v
+# A_count, A_first, ...: assigned by listener_analyze() through printf -v
 # shellcheck disable=SC2154
 #
 # outbox_bench.sh: what does the transactional outbox (eo.publish + the
@@ -107,15 +107,10 @@ require_files "${workloads[@]/%/.pgbench}" "${other_files[@]}"
 
 # ------------------------------------------------------- who runs the server
 setup_server_user
-listener_pid=""             # the runuser/python process of a running listener
 # cleanup (bench_lib.sh), before it stops the server: stop perf and the listener
 cleanup_before_stop() {
     perf_stop
-    if [[ -n $listener_pid ]]; then
-        # the python process itself (its pid is in the ready file)
-        [[ -s $tmp/run/ready ]] && kill -TERM "$(head -n 1 "$tmp/run/ready")" 2>/dev/null || true
-        wait "$listener_pid" 2>/dev/null || true
-    fi
+    stop_listener
 }
 # cleanup, once the server is stopped: keep the server log of a failed run
 cleanup_after_stop() {
@@ -161,47 +156,6 @@ wait_outbox_empty() {       # timeout_s -> seconds waited (fractional), dies on 
         sleep 0.1
     done
     awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'
-}
-
-# ------------------------------------------------------------ listener
-listener_n=0
-start_listener() {          # name idle_s max_s: LISTEN bench in the background
-    local name=$1 idle=$2 max=$3 i
-    listener_n=$(( listener_n + 1 ))
-    L_OUT="$tmp/run/listen-$listener_n-$name.tsv"
-    L_LOG="$tmp/logs/listen-$listener_n-$name.log"
-    rm -f "$tmp/run/ready" "$tmp/run/expect"
-    as_pg "$python" "$tmp/scripts/outbox_listener.py" listen --dsn "$listen_dsn" --channel bench \
-        --out "$L_OUT" --ready-file "$tmp/run/ready" --expect-file "$tmp/run/expect" \
-        --idle "$idle" --max-seconds "$max" >"$L_LOG" 2>&1 &
-    listener_pid=$!
-    for (( i = 0; i < 200; i++ )); do
-        [[ -s $tmp/run/ready ]] && return 0
-        kill -0 "$listener_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$L_LOG" >&2
-    die "the listener did not start"
-}
-finish_listener() {         # expected_count: tell the listener, wait for it
-    echo "$1" >"$tmp/run/expect.tmp"
-    chmod 644 "$tmp/run/expect.tmp"
-    mv "$tmp/run/expect.tmp" "$tmp/run/expect"
-    wait "$listener_pid" || { cat "$L_LOG" >&2; die "the listener failed"; }
-    listener_pid=""
-}
-analyze() {                 # file [pgbench logs...] -> sets A_* from key=value
-    local f=$1 line kv
-    shift
-    unset "${!A_@}"
-    local args=(analyze --file "$f")
-    (( $# > 0 )) && args+=(--pgbench-log "$@")
-    line=$(as_pg "$python" "$tmp/scripts/outbox_listener.py" "${args[@]}") ||
-        die "analysis of $f failed"
-    ANALYSIS="$line"
-    for kv in $line; do
-        printf -v "A_${kv%%=*}" '%s' "${kv#*=}"
-    done
 }
 
 # ------------------------------------------------------------ perf helpers
@@ -350,7 +304,7 @@ if has_part 2; then
                     die "eo.message_log does not hold one message per transaction"
             fi
             finish_listener "$got"
-            analyze "$L_OUT"
+            listener_analyze "$L_OUT"
             [[ $A_count == "$got" && $A_distinct == "$got" ]] ||
                 echo "  warning: $w: the listener got $A_count notifications ($A_distinct distinct ids) for $got transactions" >&2
             relay_us=$(awk -v t=$(( rc1 - rc0 )) -v hz="$clk_tck" -v x="$got" \
@@ -422,7 +376,7 @@ EOF
     left=$(sql1 "SELECT count(*) FROM eo.outbox")
     (( left == 0 )) || die "eo.outbox still holds $left messages after 300 s"
     finish_listener "$drain_n"
-    analyze "$L_OUT"
+    listener_analyze "$L_OUT"
     routed_s=$(elapsed "$d_t0" "$d_empty")
     received_s=$(elapsed "$d_t0" "$A_last")
     routed_rate=$(awk -v n="$drain_n" -v s="$routed_s" 'BEGIN { printf "%.0f", n / s }')
@@ -454,7 +408,7 @@ if has_part 4; then
     stmts_save "p4-latency"
     got=$(sql1 "SELECT count(*) FROM ledger")
     finish_listener "$got"
-    analyze "$L_OUT" "$tmp/run/lat".*
+    listener_analyze "$L_OUT" "$tmp/run/lat".*
     lat_recv="$A_count/$got"
     raw_rows+=("| 4 | 1 | $lat_clients | latency, --rate $lat_rate | $TPS | $LAT | $XACTS | $CPU_US | schedule lag avg ${lag:-?} ms; listener: $ANALYSIS |")
     printf '  %s tps; publish->receive p50 %s p99 %s max %s ms; commit ack->receive p50 %s p99 %s max %s ms\n' \
