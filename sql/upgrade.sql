@@ -88,6 +88,52 @@ SELECT published_by IS NULL AS no_publisher, eo.message(:'old_msg') -> 'payload'
   FROM eo.outbox WHERE id = :'old_msg';
 SELECT eo.publish('after.0.4.1', '{"new": true}'::jsonb) AS new_msg \gset
 SELECT published_by = current_user::regrole AS published_by_current_user FROM eo.outbox WHERE id = :'new_msg';
+
+-- 0.5.0: the log with a cursor per destination.  Deliveries made by a 0.4.1
+-- relay (the library here is newer, so they are written directly, as that
+-- relay wrote them): a retry due now, a message held behind it, a dead one,
+-- and an http request that was in flight.
+INSERT INTO eo.message_log (id, published_at, topic, key, payload, routed_at, destinations)
+VALUES ('00000000-0000-7000-8000-000000000001', now(), 'upgraded', 'k2', '{"n": 1}', now(), 1),
+       ('00000000-0000-7000-8000-000000000002', now(), 'upgraded', 'k2', '{"n": 2}', now(), 1),
+       ('00000000-0000-7000-8000-000000000003', now(), 'upgraded', NULL, '{"n": 3}', now(), 1),
+       ('00000000-0000-7000-8000-000000000004', now(), 'hooked', NULL, '{"n": 4}', now(), 1);
+INSERT INTO eo.delivery (destination_id, message_id, key, state, attempts, next_attempt_at,
+                         created_at, last_attempt_at, last_error)
+SELECT d.id, v.m::uuid, v.k, v.s, v.a, now() - interval '1 second', now(), now(), v.e
+  FROM (VALUES ('d', '00000000-0000-7000-8000-000000000001', 'k2', 'retrying', 1, 'full queue'),
+               ('d', '00000000-0000-7000-8000-000000000002', 'k2', 'pending', 0, NULL),
+               ('d', '00000000-0000-7000-8000-000000000003', NULL, 'dead', 5, 'given up'),
+               ('h', '00000000-0000-7000-8000-000000000004', NULL, 'in_flight', 1, NULL))
+       AS v(dest, m, k, s, a, e)
+  JOIN eo.destination d ON d.name = v.dest;
+SELECT count(*) AS queued FROM eo.outbox;
+ALTER EXTENSION eo_processing UPDATE TO '0.5.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+-- Every delivery is still there, in its state; cursors start at 0 and the
+-- old log has no positions, so nothing routed before is routed again.
+SELECT destination, pending, in_flight, retrying, dead, delivered_total
+  FROM eo.stats ORDER BY destination;
+SELECT destination_id IS NOT NULL AS has_cursor, delivered_seq, sending_seq
+  FROM eo.destination_stats ORDER BY destination_id;
+SELECT count(*) AS old_log_rows, count(seq) AS with_position FROM eo.message_log;
+-- The relay routes what 0.4.1 left in the outbox (once each, with
+-- positions), delivers the due retry, and then the message held behind it.
+SELECT eo.relay_run() AS routed;
+SELECT destination, pending, in_flight, retrying, dead, delivered_total
+  FROM eo.stats ORDER BY destination;
+SELECT eo.relay_run() AS routed;
+SELECT destination, pending, in_flight, retrying, dead, delivered_total
+  FROM eo.stats ORDER BY destination;
+SELECT count(*) AS log_rows, count(DISTINCT id) AS distinct_ids, count(seq) AS with_position,
+       (SELECT count(*) FROM eo.outbox) AS queued
+  FROM eo.message_log;
+SELECT m.topic, m.routes = ARRAY[d.id] AS routed_to_d
+  FROM eo.message_log m, eo.destination d
+ WHERE m.seq IS NOT NULL AND d.name = 'd' ORDER BY m.seq;
+SELECT state, key FROM eo.delivery ORDER BY message_id;
+-- The new matcher, in SQL.
+SELECT eo.topic_matches('upgr*', 'upgraded') AS prefix, eo.topic_matches('upgraded', 'upgraded.x') AS exact;
 \dx+ eo_processing
 
 DROP EXTENSION eo_processing;

@@ -382,15 +382,15 @@ eo_delivery_write(DeliveryWrites *w)
 
 		run_saved(&plan_disable,
 				  "UPDATE eo.destination x SET enabled = false, disabled_reason = t.r"
-				  "  FROM unnest($1, $2) AS t(d, r)"
-				  " WHERE x.id = t.d AND x.enabled",
-				  2, types, values, SPI_OK_UPDATE, "disable a destination");
-		if (SPI_processed > 0)
+				  "  FROM (SELECT DISTINCT ON (d) d, r FROM unnest($1, $2) AS u(d, r)) AS t"
+				  " WHERE x.id = t.d AND x.enabled"
+				  " RETURNING x.name, t.r",
+				  2, types, values, SPI_OK_UPDATE_RETURNING, "disable a destination");
+		for (uint64 i = 0; i < SPI_processed; i++)
 			ereport(LOG,
-					(errmsg("eo_processing relay: disabled a destination whose receiver is gone"),
-					 errdetail("%s", TextDatumGetCString(DirectFunctionCall2(array_to_text,
-																			 ARR(w->g_reason),
-																			 CStringGetTextDatum("; "))))));
+					(errmsg("eo_processing relay: disabled destination \"%s\": %s",
+							SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+							SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2))));
 	}
 
 	{

@@ -40,12 +40,8 @@
 #include "relay.h"
 #include "topic.h"
 
-static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_seq = NULL;
-static SPIPlanPtr plan_move = NULL;
-static SPIPlanPtr plan_head = NULL;
 static SPIPlanPtr plan_cursors = NULL;
-static SPIPlanPtr plan_read = NULL;
 
 /* The sequence that numbers the log (InvalidOid before version 0.5.0). */
 static Oid
@@ -100,9 +96,8 @@ eo_log_head(void)
 	bool		isnull;
 	Datum		d;
 
-	eo_relay_prepare(&plan_head,
-					 "SELECT coalesce(max(seq), 0) FROM eo.message_log", 0, NULL);
-	if (SPI_execute_plan(plan_head, NULL, NULL, false, 1) != SPI_OK_SELECT ||
+	/* Planned each time: a generic plan made on an empty log scans it. */
+	if (SPI_execute("SELECT coalesce(max(seq), 0) FROM eo.message_log", false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "eo_processing relay: could not read the end of the log");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -154,11 +149,15 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	ArrayBuildState *seqs;
 	ArrayBuildState *routes;
 
-	eo_relay_prepare(&plan_claim,
-					 "SELECT id, published_at, topic, key, headers, payload, payload_text"
-					 "  FROM eo.outbox ORDER BY id LIMIT $1",
-					 1, types);
-	if (SPI_execute_plan(plan_claim, values, NULL, false, 0) != SPI_OK_SELECT)
+	/*
+	 * Planned for each batch, not saved: eo.outbox swings from empty to a
+	 * backlog and back, and a generic plan made while it was empty (a sort
+	 * of a sequential scan) would then sort the whole backlog for every
+	 * batch.  Planning costs a few tens of microseconds per batch.
+	 */
+	if (SPI_execute_with_args("SELECT id, published_at, topic, key, headers, payload, payload_text"
+							  "  FROM eo.outbox ORDER BY id LIMIT $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read eo.outbox");
 	claimed = SPI_tuptable;
 	n = SPI_processed;
@@ -211,17 +210,16 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 		Datum		mvalues[3] = {makeArrayResult(ids, cxt), makeArrayResult(seqs, cxt),
 		makeArrayResult(routes, cxt)};
 
-		eo_relay_prepare(&plan_move,
-						 "WITH m AS (DELETE FROM eo.outbox o WHERE o.id = ANY ($1) RETURNING o.*)"
-						 " INSERT INTO eo.message_log"
-						 "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
-						 "    destinations, published_by, seq, routes)"
-						 " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
-						 "        m.payload_text, now(), cardinality(r.routes::int4[]),"
-						 "        m.published_by, r.seq, r.routes::int4[]"
-						 "   FROM m JOIN unnest($1, $2, $3) AS r(id, seq, routes) ON r.id = m.id",
-						 3, mtypes);
-		if (SPI_execute_plan(plan_move, mvalues, NULL, false, 0) != SPI_OK_INSERT)
+		/* Planned for each batch too: it finds outbox rows by id. */
+		if (SPI_execute_with_args("WITH m AS (DELETE FROM eo.outbox o WHERE o.id = ANY ($1) RETURNING o.*)"
+								  " INSERT INTO eo.message_log"
+								  "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
+								  "    destinations, published_by, seq, routes)"
+								  " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
+								  "        m.payload_text, now(), cardinality(r.routes::int4[]),"
+								  "        m.published_by, r.seq, r.routes::int4[]"
+								  "   FROM m JOIN unnest($1, $2, $3) AS r(id, seq, routes) ON r.id = m.id",
+								  3, mtypes, mvalues, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "eo_processing relay: could not move messages to eo.message_log");
 		if (SPI_processed != n)
 			elog(ERROR, "eo_processing relay: moved " UINT64_FORMAT " of " UINT64_FORMAT " messages",
@@ -291,17 +289,20 @@ eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out, int64 *head
 	uint64		n;
 	int			count = 0;
 
-	eo_relay_prepare(&plan_read,
-					 "SELECT h.head, m.seq, m.id, m.published_at, m.topic, m.key, m.headers,"
-					 "       m.payload, m.payload_text"
-					 "  FROM (SELECT coalesce(max(seq), 0) AS head FROM eo.message_log) AS h"
-					 "  LEFT JOIN LATERAL ("
-					 "       SELECT * FROM eo.message_log"
-					 "        WHERE seq > $1 AND $2 = ANY (routes)"
-					 "        ORDER BY seq LIMIT $3) AS m ON true"
-					 " ORDER BY m.seq",
-					 3, types);
-	if (SPI_execute_plan(plan_read, values, NULL, false, 0) != SPI_OK_SELECT)
+	/*
+	 * Planned for each read, as the claim of eo_log_route().  One
+	 * statement, so one snapshot, for the messages and the end of the log;
+	 * the end is the row whose id is NULL.
+	 */
+	if (SPI_execute_with_args("SELECT m.seq, m.id, m.published_at, m.topic, m.key, m.headers,"
+							  "       m.payload, m.payload_text"
+							  "  FROM (SELECT * FROM eo.message_log"
+							  "         WHERE seq > $1 AND $2 = ANY (routes)"
+							  "         ORDER BY seq LIMIT $3) AS m"
+							  " UNION ALL"
+							  " SELECT coalesce(max(seq), 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+							  "   FROM eo.message_log",
+							  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read eo.message_log");
 	rows = SPI_tuptable;
 	n = SPI_processed;
@@ -311,14 +312,16 @@ eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out, int64 *head
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool		isnull;
-		Datum		seq;
+		int64		seq = DatumGetInt64(SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull));
 
-		*head = Max(after, DatumGetInt64(SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull)));
-		seq = SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull);
+		(void) SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull);
 		if (isnull)
-			continue;			/* nothing after "after": the one row of h */
-		(*out)[count].seq = DatumGetInt64(seq);
-		eo_message_from_spi(&(*out)[count].msg, rows->vals[i], rows->tupdesc, 3);
+		{
+			*head = Max(after, seq);	/* the end of the log */
+			continue;
+		}
+		(*out)[count].seq = seq;
+		eo_message_from_spi(&(*out)[count].msg, rows->vals[i], rows->tupdesc, 2);
 		count++;
 	}
 	return count;
@@ -368,8 +371,7 @@ eo_log_quarantine_head(const char *error)
 void
 eo_log_forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_claim, &plan_seq, &plan_move, &plan_head,
-	&plan_cursors, &plan_read};
+	SPIPlanPtr *plans[] = {&plan_seq, &plan_cursors};
 
 	eo_relay_free_plans(plans, lengthof(plans));
 }

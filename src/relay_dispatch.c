@@ -356,6 +356,27 @@ collect_finished(void)
 }
 
 /*
+ * progress
+ *		Collect what the sinks finished and start what may start, until
+ *		nothing more finishes at once (a fast receiver answers while the
+ *		next sends start).  Returns how many finished.
+ */
+static int
+progress(void)
+{
+	int			total = 0;
+	int			n;
+
+	do
+	{
+		n = collect_finished();
+		dispatch_pass();
+		total += n;
+	} while (n > 0);
+	return total;
+}
+
+/*
  * record_window
  *		Add a finished window's outcomes to the step's writes.  "dest" is
  *		the destination's current configuration (NULL if it was dropped:
@@ -457,12 +478,16 @@ open_retry_window(const DestinationConfig *dest, int limit)
  *		SPI connected: record the windows that finished, then open new ones
  *		for every enabled destination of an asynchronous sink with free
  *		slots.  The new windows' sends start in eo_dispatch_step_done()
- *		once the transaction has committed.  Returns the number of
- *		messages in the new windows; *delivered gets the deliveries
- *		recorded.
+ *		once the transaction has committed.  Each query costs, so a
+ *		destination is looked at only when something may have changed for
+ *		it: with look_all (new messages were routed, a retry is due, the
+ *		relay was woken), or when one of its windows was just recorded
+ *		(more of the log, or the next message of a key, may be waiting).
+ *		Returns the number of messages in the new windows; *delivered gets
+ *		the deliveries recorded.
  */
 int
-eo_dispatch_step(List *dests, int window_size, int64 *delivered)
+eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 {
 	DeliveryWrites writes;
 	TimestampTz now = GetCurrentTimestamp();
@@ -512,6 +537,7 @@ eo_dispatch_step(List *dests, int window_size, int64 *delivered)
 	{
 		DestinationConfig *dest = lfirst(lc);
 		bool		has_log_window = false;
+		bool		recorded = false;
 		int			free_slots;
 		Window	   *w;
 
@@ -527,8 +553,10 @@ eo_dispatch_step(List *dests, int window_size, int64 *delivered)
 				x->stop = true;
 			if (!x->retries && !x->recording)
 				has_log_window = true;
+			if (x->recording)
+				recorded = true;
 		}
-		if (!dest->enabled)
+		if (!dest->enabled || (!look_all && !recorded))
 			continue;
 
 		free_slots = Min(dest->concurrency, eo_http_max_concurrency) - count_in_flight(dest->id);
@@ -607,9 +635,7 @@ eo_dispatch_step_done(bool committed)
 		}
 		w->committed = true;
 	}
-	if (committed)
-		dispatch_pass();
-	(void) collect_finished();
+	(void) progress();
 }
 
 /* Should the relay run a step (windows finished, or it has not looked)? */
@@ -640,10 +666,12 @@ eo_dispatch_next_due(void)
  * eo_dispatch_wait
  *		Wait up to timeout_ms for the latch, postmaster death (exits) or
  *		activity of a sink, let the sinks work, and start what may start.
- *		Replaces the relay's WaitLatch.  Returns how many sends finished.
+ *		Replaces the relay's WaitLatch.  Returns how many sends finished;
+ *		*latch_set says whether the latch was set (a commit to route, a
+ *		signal, eo.wake_relay()).
  */
 int
-eo_dispatch_wait(long timeout_ms)
+eo_dispatch_wait(long timeout_ms, bool *latch_set)
 {
 	int			nsinks;
 	const SinkRoutine *const *sinks = eo_sink_all(&nsinks);
@@ -660,8 +688,8 @@ eo_dispatch_wait(long timeout_ms)
 	}
 	if (nevents == 2 && dlist_is_empty(&in_flight))
 	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout_ms, PG_WAIT_EXTENSION);
+		*latch_set = (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								timeout_ms, PG_WAIT_EXTENSION) & WL_LATCH_SET) != 0;
 		return 0;
 	}
 
@@ -676,14 +704,18 @@ eo_dispatch_wait(long timeout_ms)
 	events = palloc(sizeof(WaitEvent) * nevents);
 	n = WaitEventSetWait(set, timeout_ms, events, nevents, PG_WAIT_EXTENSION);
 	FreeWaitEventSet(set);
+	*latch_set = false;
+	for (int i = 0; i < n; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+			*latch_set = true;
+	}
 	for (int i = 0; i < nsinks; i++)
 	{
 		if (eo_sink_is_async(sinks[i]))
 			sinks[i]->handle_events(events, n);
 	}
 	pfree(events);
-	finished = collect_finished();
-	dispatch_pass();
-	finished += collect_finished();
+	finished = progress();
 	return finished;
 }

@@ -77,6 +77,72 @@ static bool route_lock_busy = false;	/* eo.relay_run() holds the lock */
 static bool route_parked = false;	/* it set deliveries aside */
 static bool route_more = false; /* a destination is still catching up */
 
+/*
+ * Positions up to which this worker knows an inline destination has
+ * nothing left, without having written its cursor: a routing batch with no
+ * message for a destination does not move its cursor (a row update per
+ * destination per batch) until it lags far behind.  Kept only for what
+ * committed; max(cursor, mark) is where the destination stands.
+ */
+typedef struct DoneMark
+{
+	int32		dest_id;
+	int64		seq;
+} DoneMark;
+
+#define MAX_DONE_MARKS 64
+static DoneMark done_marks[MAX_DONE_MARKS];
+static int	ndone_marks = 0;
+static DoneMark pending_marks[MAX_DONE_MARKS];	/* of the step in progress */
+static int	npending_marks = 0;
+
+/* Where this worker knows the destination stands (0 if it does not). */
+static int64
+done_mark(int32 dest_id)
+{
+	for (int i = 0; i < ndone_marks; i++)
+	{
+		if (done_marks[i].dest_id == dest_id)
+			return done_marks[i].seq;
+	}
+	return 0;
+}
+
+static void
+note_mark(int32 dest_id, int64 seq)
+{
+	if (my_slot != NULL && npending_marks < MAX_DONE_MARKS)
+	{
+		pending_marks[npending_marks].dest_id = dest_id;
+		pending_marks[npending_marks].seq = seq;
+		npending_marks++;
+	}
+}
+
+/* After the route step committed: its marks hold. */
+static void
+keep_marks(void)
+{
+	for (int i = 0; i < npending_marks; i++)
+	{
+		int			j;
+
+		for (j = 0; j < ndone_marks; j++)
+		{
+			if (done_marks[j].dest_id == pending_marks[i].dest_id)
+				break;
+		}
+		if (j == ndone_marks)
+		{
+			if (ndone_marks == MAX_DONE_MARKS)
+				continue;
+			ndone_marks++;
+		}
+		done_marks[j] = pending_marks[i];
+	}
+	npending_marks = 0;
+}
+
 static void
 set_state(RelayState state)
 {
@@ -161,6 +227,7 @@ route_step(int limit, bool wait)
 	route_lock_busy = false;
 	route_parked = false;
 	route_more = false;
+	npending_marks = 0;
 	if (!eo_log_lock(wait))
 	{
 		route_lock_busy = true;
@@ -180,11 +247,12 @@ route_step(int limit, bool wait)
 
 		if (eo_sink_is_async(dest->sink) || !dest->enabled || cursor == NULL)
 			continue;
-		if (cursor->delivered_seq < head)
+		if (Max(cursor->delivered_seq, done_mark(dest->id)) < head)
 		{
 			LogMessage *msgs;
 			int64		seen;
-			int			n = eo_log_read(dest->id, cursor->delivered_seq, limit, &msgs, &seen);
+			int64		from = Max(cursor->delivered_seq, done_mark(dest->id));
+			int			n = eo_log_read(dest->id, from, limit, &msgs, &seen);
 
 			deliver_inline(dest, msgs, n, false, blocked, &writes, now);
 			if (n == limit)
@@ -206,10 +274,20 @@ route_step(int limit, bool wait)
 		{
 			DestinationConfig *dest = lfirst(lc);
 
+			LogCursor  *cursor = eo_log_find_cursor(cursors, dest->id);
+			int64		last = routed[nrouted - 1].seq;
+			bool		any = false;
+
 			if (!list_member_int(caught_up, dest->id))
 				continue;		/* behind, disabled, async, or new */
-			deliver_inline(dest, routed, nrouted, true, blocked, &writes, now);
-			eo_delivery_cursor(&writes, dest->id, routed[nrouted - 1].seq, -1);
+			for (int i = 0; i < nrouted && !any; i++)
+				any = routed_to(&routed[i], dest->id);
+			if (any)
+				deliver_inline(dest, routed, nrouted, true, blocked, &writes, now);
+			if (any || last - cursor->delivered_seq > (int64) 8 * limit)
+				eo_delivery_cursor(&writes, dest->id, last, -1);
+			else
+				note_mark(dest->id, last);
 		}
 	}
 
@@ -263,11 +341,14 @@ retry_step(int limit, TimestampTz *next_retry)
 }
 
 /* The dispatch step: asynchronous sinks (relay_dispatch.c). */
+static bool dispatch_look_all = true;
+
 static int
 dispatch_step(void)
 {
 	int64		delivered;
-	int			n = eo_dispatch_step(eo_relay_current_destinations(), batch_limit, &delivered);
+	int			n = eo_dispatch_step(eo_relay_current_destinations(), batch_limit,
+									 dispatch_look_all, &delivered);
 
 	my_slot->delivered += delivered;
 	return n;
@@ -554,6 +635,8 @@ eo_relay_worker_main(Datum main_arg)
 	TimestampTz next_retry = 0;
 	TimestampTz next_housekeeping = 0;
 	bool		retry_needed = true;
+	bool		woken = true;		/* the latch was set: route */
+	bool		route_again = true; /* the last route step left work */
 	bool		ready;
 	bool		said_not_ready = false;
 
@@ -630,6 +713,9 @@ eo_relay_worker_main(Datum main_arg)
 		TimestampTz now;
 		long		timeout_ms;
 
+		/* A latch set since the wait returned still means "route". */
+		if (MyLatch->is_set)
+			woken = true;
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
@@ -678,15 +764,25 @@ eo_relay_worker_main(Datum main_arg)
 			if (now >= next_housekeeping)
 				retry_needed = true;	/* the safety net: look anyway */
 
-			/* 1. Route, and deliver inline. */
-			set_state(RELAY_ROUTING);
-			if (run_step(STEP_ROUTE, &routed, NULL))
+			/*
+			 * 1. Route, and deliver inline: when woken (a commit, a signal),
+			 * while a backlog lasts, and once per naptime.  Not on every
+			 * answer of a webhook: reading an emptied eo.outbox is not free
+			 * (its index still has the entries of the rows just deleted).
+			 */
+			if (woken || route_again || retry_needed)
 			{
-				more |= (routed >= batch_limit) || route_lock_busy || route_more;
-				retry_needed |= route_parked;
+				set_state(RELAY_ROUTING);
+				if (run_step(STEP_ROUTE, &routed, NULL))
+				{
+					keep_marks();
+					route_again = (routed >= batch_limit) || route_lock_busy || route_more;
+					more |= route_again;
+					retry_needed |= route_parked;
+				}
+				else
+					ok = false;
 			}
-			else
-				ok = false;
 
 			/* 2. Retries of inline sinks. */
 			if (ok && (retry_needed || now >= next_retry))
@@ -700,12 +796,13 @@ eo_relay_worker_main(Datum main_arg)
 
 			/* 3. Asynchronous sinks: record what finished, open windows. */
 			if (ok && eo_relay_config_may_have_async() &&
-				(routed > 0 || retry_needed || more || now >= next_retry ||
+				(routed > 0 || retry_needed || now >= next_retry ||
 				 eo_dispatch_step_wanted()))
 			{
 				TimestampTz due;
 
 				set_state(RELAY_SENDING);
+				dispatch_look_all = routed > 0 || retry_needed || now >= next_retry;
 				if (run_step(STEP_DISPATCH, &n, NULL))
 				{
 					more |= eo_dispatch_step_wanted();
@@ -761,7 +858,7 @@ eo_relay_worker_main(Datum main_arg)
 		if (more)
 		{
 			/* Keep sends moving while a backlog is worked off. */
-			(void) eo_dispatch_wait(0);
+			(void) eo_dispatch_wait(0, &woken);
 			continue;
 		}
 
@@ -781,6 +878,6 @@ eo_relay_worker_main(Datum main_arg)
 			timeout_ms = wake <= now ? 1 :
 				(long) Min((wake - now) / 1000 + 1, (int64) eo_relay_naptime_secs * 1000);
 		}
-		(void) eo_dispatch_wait(timeout_ms);
+		(void) eo_dispatch_wait(timeout_ms, &woken);
 	}
 }

@@ -376,8 +376,6 @@ BEGIN
     INSERT INTO eo.destination (name, kind, options)
     VALUES (name, kind, eo.check_destination_options(kind, coalesce(options, '{}')))
     RETURNING id INTO new_id;
-    -- Its cursor starts at 0; messages are routed to it once the relay has
-    -- seen it, and the relay moves the cursor past the others.
     INSERT INTO eo.destination_stats (destination_id) VALUES (new_id);
 END $$;
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS

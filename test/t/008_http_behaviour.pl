@@ -94,12 +94,14 @@ is( $node->safe_psql('postgres',
 # A message routed to the disabled destination is not sent.
 my $received = $main->stats->{received};
 my ($late) = publish('gone.b', 1);
-ok(poll(qq{SELECT EXISTS (SELECT 1 FROM eo.delivery WHERE message_id = '$late')
+ok(poll(qq{SELECT EXISTS (SELECT 1 FROM eo.message_log m JOIN eo.destination d ON d.name = 'gone'
+                          WHERE m.id = '$late' AND d.id = ANY (m.routes))
               AND (SELECT state = 'idle' FROM eo.relay_status)}),
 	'(a) a new message is routed to the disabled destination');
 is( $node->safe_psql('postgres',
-		qq{SELECT state || ' ' || attempts FROM eo.delivery WHERE message_id = '$late'}),
-	'pending 0', '(a) ... and waits without an attempt');
+		qq{SELECT (SELECT count(*) FROM eo.http_attempt WHERE message_id = '$late')
+		          || ' ' || (SELECT pending >= 1 FROM eo.stats WHERE destination = 'gone')}),
+	'0 true', '(a) ... and waits (pending) without an attempt');
 is($main->stats->{received}, $received, '(a) the receiver got nothing more once the destination was disabled');
 
 $main->reset;
@@ -117,7 +119,8 @@ eo_check_exactly_once($node, 'postgres', $main, q{topic LIKE 'gone.%'}, '(a) 410
 ######################################################################
 
 eo_create_http_destination($node, 'postgres', 'later',
-	{ url => $main->url('/later'), retry_delays => ['50ms'], max_attempts => 10 }, 'later.*');
+	{ url => $main->url('/later'), retry_delays => ['50ms'], max_attempts => 10, log_attempts => 'all' },
+	'later.*');
 for my $status (429, 503)
 {
 	$main->reset;
@@ -211,7 +214,14 @@ eo_check_exactly_once($node, 'postgres', $main, q{topic LIKE 'listed.%'}, '(d) a
 my $slow = EOWebhook->new(name => 'slow');
 $slow->faults({ sleep => 1.0, sleep_seconds => 2.5 });
 eo_create_http_destination($node, 'postgres', 'slow',
-	{ url => $slow->url, timeout_ms => 3000, concurrency => 2, retry_delays => ['100ms'], max_attempts => 100 },
+	{
+		url => $slow->url,
+		timeout_ms => 3000,
+		concurrency => 2,
+		retry_delays => ['100ms'],
+		max_attempts => 100,
+		log_attempts => 'all'
+	},
 	'slow.*');
 eo_create_http_destination($node, 'postgres', 'fast', { url => $main->url('/fast') }, 'fast.*');
 $main->reset;
@@ -230,7 +240,10 @@ my ($slow_in_flight, $slow_answered) = split /\|/,
 	  FROM eo.stats s WHERE s.destination = 'slow'});
 note sprintf('(e) 200 fast deliveries took %.2f s; slow: %d in flight, %d answered',
 	$fast_seconds, $slow_in_flight, $slow_answered);
-is($slow_in_flight, 2, '(e) ... while the slow one still has requests in flight');
+# eo.stats counts the whole window being sent as in flight (the relay does
+# not write which of its messages are on the wire): 2 on the wire, 10 in
+# the window.
+cmp_ok($slow_in_flight, '>=', 2, '(e) ... while the slow one still has requests in flight');
 is($slow_answered, 0, '(e) ... all delivered before the first slow request was answered');
 eo_check_exactly_once($node, 'postgres', $main, q{topic LIKE 'fast.%'}, '(e) fast');
 
@@ -246,7 +259,14 @@ eo_check_exactly_once($node, 'postgres', $slow, q{topic LIKE 'slow.%'}, '(e) slo
 my $bounded = EOWebhook->new(name => 'bounded');
 $bounded->faults({ sleep => 0.03, sleep_seconds => 0.2 });
 eo_create_http_destination($node, 'postgres', 'bounded',
-	{ url => $bounded->url, concurrency => 4, timeout_ms => 5000, retry_delays => ['50ms'], max_attempts => 50 },
+	{
+		url => $bounded->url,
+		concurrency => 4,
+		timeout_ms => 5000,
+		retry_delays => ['50ms'],
+		max_attempts => 50,
+		log_attempts => 'all'    # every request, for the overlap count
+	},
 	'bounded.*');
 publish('bounded.a', 2000);
 my ($max_in_flight, $max_open) = (0, 0);
@@ -396,7 +416,7 @@ my $secret_b64 = substr($secret, 6);
 unlike($log, qr/\Q$secret_b64\E/, '(i) the signing secret is not in the server log');
 unlike($log, qr/\Q$token\E/, '(i) the header value is not in the server log');
 unlike($log, qr/\Q$bad_secret\E/, '(i) the refused secret is not in the server log');
-like($log, qr/disabled an http destination that answered 410 Gone/,
+like($log, qr/disabled destination "gone": the receiver answered 410 Gone/,
 	'(i) (the log is the right one: it has the 410 of part a)');
 
 $signed->stop;

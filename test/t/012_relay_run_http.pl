@@ -2,8 +2,9 @@
 # sent by the running relay, whoever inserted them (issue #10):
 #
 #   (a) With the relay running: BEGIN; eo.publish(); eo.relay_run(); COMMIT.
-#       The delivery to an http destination is pending; the relay must
-#       send it at once, not when it routes something else itself.
+#       The message waits in the log for the http destination (pending in
+#       eo.stats); the relay must send it at once, not when it routes
+#       something else itself.
 #   (b) The same while eo.relay_enabled is off; once it is turned on by
 #       reload, the relay sends it.
 #   (c) The same class for notify: a notify delivery that eo.relay_run()
@@ -12,6 +13,8 @@
 #   (d) eo.route_unrouted(): a message the relay routed while nothing
 #       subscribed to its topic is delivered once the destination subscribes
 #       and the operator routes the unrouted backlog to it.
+#   (e) log_attempts: with the default ('failures') a successful attempt
+#       leaves no row in eo.http_attempt, a failed one does.
 #
 # The relay's naptime is an hour (eo_http_node): nothing is sent unless a
 # commit wakes the relay or it scheduled the work itself.
@@ -32,8 +35,10 @@ my $settle = 20;
 
 my $node = eo_http_node('relay_run_http');
 my $receiver = EOWebhook->new(name => 'relay_run');
+# log_attempts 'all': the test reads the successful attempt too.
 eo_create_http_destination($node, 'postgres', 'hooks',
-	{ url => $receiver->url, retry_delays => ['100ms'] }, 'payments.*');
+	{ url => $receiver->url, retry_delays => ['100ms'], log_attempts => 'all' },
+	'payments.*');
 eo_wait_relay($node, 'postgres') or die 'the relay did not start';
 
 # poll($sql, $seconds): poll until $sql returns true, at most $seconds.
@@ -69,7 +74,11 @@ sub sent
 	my ($id, $label) = @_;
 	ok($receiver->wait_for(sub { $_[0]{applied} >= 1 }, $settle),
 		"$label: the receiver got it within $settle s");
-	ok(poll(qq{SELECT NOT EXISTS (SELECT 1 FROM eo.delivery WHERE message_id = '$id')}, $settle),
+	ok( poll(
+			qq{SELECT NOT EXISTS (SELECT 1 FROM eo.delivery WHERE message_id = '$id')
+			     AND (SELECT pending + in_flight + retrying = 0 FROM eo.stats
+			           WHERE destination = 'hooks')},
+			$settle),
 		"$label: the delivery is finished");
 	is( $node->safe_psql('postgres',
 			qq{SELECT string_agg(attempt || ':' || status_code, ',') FROM eo.http_attempt
@@ -103,9 +112,11 @@ sub sent
 	$node->safe_psql('postgres', 'SELECT pg_sleep(0.5)');    # the relay must not send
 	is($receiver->stats->{received}, 0, '(b) nothing is sent while the relay is off');
 	is( $node->safe_psql('postgres',
-			qq{SELECT state || ' ' || attempts FROM eo.delivery WHERE message_id = '$id'}),
-		'pending 0',
-		'(b) eo.relay_run() left a pending delivery');
+			qq{SELECT pending || ' ' || in_flight || ' ' || retrying
+			          || ' ' || (SELECT count(*) FROM eo.delivery WHERE message_id = '$id')
+			     FROM eo.stats WHERE destination = 'hooks'}),
+		'1 0 0 0',
+		'(b) eo.relay_run() left the message pending in the log (no row of its own)');
 	eo_set_relay_enabled($node, 'on', 'postgres');
 	sent($id, '(b)');
 }
@@ -155,6 +166,32 @@ SELECT eo.route_unrouted('hooks');
 	sent($id, '(d)');
 	is($node->safe_psql('postgres', q{SELECT count(*) FROM eo.unrouted}),
 		'0', '(d) no message is left unrouted');
+}
+
+######################################################################
+# (e) log_attempts: by default only failed attempts are logged
+######################################################################
+
+{
+	my $plain = EOWebhook->new(name => 'default_log');
+	eo_create_http_destination($node, 'postgres', 'quiet', { url => $plain->url },
+		'quiet.*');
+	my $ok_id = $node->safe_psql('postgres', q{SELECT eo.publish('quiet.ok', '{}'::jsonb)});
+	ok($plain->wait_for(sub { $_[0]{applied} >= 1 }, $settle), '(e) delivered');
+	ok( poll(
+			q{SELECT delivered_total = 1 AND pending + in_flight = 0 FROM eo.stats
+			   WHERE destination = 'quiet'},
+			$settle),
+		'(e) counted as delivered');
+	$plain->force_status(500);
+	my $bad_id = $node->safe_psql('postgres', q{SELECT eo.publish('quiet.bad', '{}'::jsonb)});
+	ok(poll(qq{SELECT EXISTS (SELECT 1 FROM eo.http_attempt WHERE message_id = '$bad_id')}, $settle),
+		'(e) the failed attempt is logged');
+	is( $node->safe_psql('postgres',
+			qq{SELECT count(*) FROM eo.http_attempt WHERE message_id = '$ok_id'}),
+		'0',
+		"(e) the successful attempt is not (log_attempts 'failures', the default)");
+	$plain->stop;
 }
 
 $receiver->stop;

@@ -33,7 +33,13 @@ sub interrupted
 	my $receiver = EOWebhook->new(name => "held_$label");
 	$receiver->faults({ sleep => 1.0, sleep_seconds => 60 });
 	eo_create_http_destination($node, 'postgres', "held_$label",
-		{ url => $receiver->url, timeout_ms => 60000, concurrency => $n, retry_delays => ['100ms'] },
+		{
+			url => $receiver->url,
+			timeout_ms => 60000,
+			concurrency => $n,
+			retry_delays => ['100ms'],
+			log_attempts => 'all'    # the successful second attempts too
+		},
 		"$label.*");
 	my @ids = split /\n/,
 	  $node->safe_psql('postgres',

@@ -236,21 +236,25 @@ synchronous_commit = on
 		  . ($sync ? '' : ' after replication was cut, some of them delivered'));
 
 	# Stop deliveries to "live" on the old primary: a message published
-	# after the change is held (pending) once the relay routes with it.
+	# after the change waits in the log (pending) once the relay routes with
+	# it.
 	# Then the listener of the old primary has received all it ever will.
 	$primary->safe_psql('postgres', q{UPDATE eo.destination SET enabled = false WHERE name = 'live'});
 	my $marker = $primary->safe_psql('postgres', q{SELECT eo.publish('app.marker', '{}'::jsonb)});
 	$primary->poll_query_until(
 		'postgres', qq{
-		SELECT EXISTS (SELECT 1 FROM eo.delivery d JOIN eo.destination t ON t.id = d.destination_id
-		                WHERE t.name = 'live' AND d.message_id = '$marker' AND d.state = 'pending')})
+		SELECT EXISTS (SELECT 1 FROM eo.message_log m JOIN eo.destination t ON t.name = 'live'
+		                WHERE m.id = '$marker' AND t.id = ANY (m.routes))})
 	  or die 'the relay did not route with "live" disabled';
+	# Delivered: routed to "live" up to its cursor, and not set aside.
 	my $delivered_old = eo_id_set(
 		$primary, 'postgres', q{
-		SELECT m.id FROM eo.message_log m
-		 WHERE m.topic = 'app.work'
-		   AND NOT EXISTS (SELECT 1 FROM eo.delivery d JOIN eo.destination t ON t.id = d.destination_id
-		                    WHERE t.name = 'live' AND d.message_id = m.id)});
+		SELECT m.id FROM eo.message_log m, eo.destination t
+		  JOIN eo.destination_stats s ON s.destination_id = t.id
+		 WHERE t.name = 'live' AND m.topic = 'app.work'
+		   AND t.id = ANY (m.routes) AND m.seq <= s.delivered_seq
+		   AND NOT EXISTS (SELECT 1 FROM eo.delivery d
+		                    WHERE d.destination_id = t.id AND d.message_id = m.id)});
 	ok($l1->wait_until(sub { !missing($delivered_old, $l1->seen) }, $timeout),
 		"$mode: the old primary's listener received every message the old primary delivered");
 

@@ -6,10 +6,11 @@
 # postmaster restarts every process) or the postmaster (kill -9, then a
 # start).  The points:
 #
-#   routing       the relay has claimed a batch and queued its NOTIFYs, and
+#   routing       the relay holds the routing lock, has read a batch, and
 #                 waits to move it to eo.message_log (a session holds
-#                 LOCK eo.message_log IN SHARE ROW EXCLUSIVE MODE): nothing
-#                 was sent, the claim is undone by the crash.
+#                 LOCK eo.message_log IN SHARE ROW EXCLUSIVE MODE) before
+#                 queuing its NOTIFYs: nothing was sent, the crash undoes
+#                 the claim.
 #   retry         deliveries 'retrying' and due now: the relay has queued
 #                 their NOTIFYs and deleted their rows, and waits to count
 #                 them in eo.destination_stats (a session holds the row
