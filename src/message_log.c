@@ -40,6 +40,9 @@
 #include "relay.h"
 #include "topic.h"
 
+/* How far ahead of a cursor one read looks, in multiples of its limit. */
+#define READ_SPAN_FACTOR 4
+
 static SPIPlanPtr plan_seq = NULL;
 static SPIPlanPtr plan_cursors = NULL;
 
@@ -274,16 +277,21 @@ eo_log_find_cursor(List *cursors, int32 dest_id)
 /*
  * eo_log_read
  *		Up to "limit" messages routed to a destination after position
- *		"after", in log order, allocated in the current context; *head gets
- *		the last position of the log as seen by the same snapshot (so a
- *		cursor may move there when fewer than "limit" were found: nothing
- *		routed to the destination lies between).  Returns how many.
+ *		"after", in log order, allocated in the current context.  The read
+ *		looks at most READ_SPAN_FACTOR * limit positions ahead (so that it
+ *		never sorts a whole backlog); *covered gets the position up to
+ *		which it looked, as seen by the same snapshot: the end of that span
+ *		or the end of the log, whichever is first.  When fewer than "limit"
+ *		were found, nothing else routed to the destination lies up to
+ *		*covered, and a cursor may move there.  Returns how many.
  */
 int
-eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out, int64 *head)
+eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out, int64 *covered)
 {
-	Oid			types[3] = {INT8OID, INT4OID, INT4OID};
-	Datum		values[3] = {Int64GetDatum(after), Int32GetDatum(dest_id), Int32GetDatum(limit)};
+	int64		span_end = after + (int64) READ_SPAN_FACTOR * limit;
+	Oid			types[4] = {INT8OID, INT4OID, INT4OID, INT8OID};
+	Datum		values[4] = {Int64GetDatum(after), Int32GetDatum(dest_id), Int32GetDatum(limit),
+	Int64GetDatum(span_end)};
 	MemoryContext cxt = CurrentMemoryContext;
 	SPITupleTable *rows;
 	uint64		n;
@@ -297,18 +305,18 @@ eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out, int64 *head
 	if (SPI_execute_with_args("SELECT m.seq, m.id, m.published_at, m.topic, m.key, m.headers,"
 							  "       m.payload, m.payload_text"
 							  "  FROM (SELECT * FROM eo.message_log"
-							  "         WHERE seq > $1 AND $2 = ANY (routes)"
+							  "         WHERE seq > $1 AND seq <= $4 AND $2 = ANY (routes)"
 							  "         ORDER BY seq LIMIT $3) AS m"
 							  " UNION ALL"
 							  " SELECT coalesce(max(seq), 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL"
 							  "   FROM eo.message_log",
-							  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
+							  4, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read eo.message_log");
 	rows = SPI_tuptable;
 	n = SPI_processed;
 	MemoryContextSwitchTo(cxt);
 	*out = palloc0(sizeof(LogMessage) * Max(n, 1));
-	*head = after;
+	*covered = after;
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool		isnull;
@@ -317,7 +325,8 @@ eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out, int64 *head
 		(void) SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull);
 		if (isnull)
 		{
-			*head = Max(after, seq);	/* the end of the log */
+			/* the end of the log */
+			*covered = Max(after, Min(seq, span_end));
 			continue;
 		}
 		(*out)[count].seq = seq;

@@ -40,7 +40,7 @@ extern int	eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 extern List *eo_log_cursors(void);
 extern LogCursor *eo_log_find_cursor(List *cursors, int32 dest_id);
 extern int	eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out,
-						int64 *head);
+						int64 *covered);
 extern int	eo_log_quarantine_head(const char *error);
 extern void eo_log_forget_plans(void);
 

@@ -99,6 +99,7 @@ static dlist_head windows = DLIST_STATIC_INIT(windows);
 static dlist_head in_flight = DLIST_STATIC_INIT(in_flight);
 static bool reset_done = false;
 static bool step_wanted = true;
+static bool look_all_next = true;	/* the next step looks at every destination */
 static uint64 pass_number = 0;
 static TimestampTz next_due = DT_NOEND;
 
@@ -424,15 +425,22 @@ open_log_window(DeliveryWrites *writes, const DestinationConfig *dest,
 	Window	   *w = window_new(dest, false);
 	MemoryContext old = MemoryContextSwitchTo(w->cxt);
 	LogMessage *msgs;
-	int64		head;
-	int			n = eo_log_read(dest->id, cursor->delivered_seq, window_size, &msgs, &head);
+	int64		covered;
+	int			n = eo_log_read(dest->id, cursor->delivered_seq, window_size, &msgs, &covered);
 
 	MemoryContextSwitchTo(old);
 	if (n == 0)
 	{
-		/* Nothing for it up to the end of the log: move the cursor there. */
-		if (head > cursor->delivered_seq)
-			eo_delivery_cursor(writes, dest->id, head, -1);
+		/*
+		 * Nothing for it as far as the read looked: move the cursor there,
+		 * and look further soon if the log goes on.
+		 */
+		if (covered > cursor->delivered_seq)
+		{
+			eo_delivery_cursor(writes, dest->id, covered, -1);
+			step_wanted = true;
+			look_all_next = true;
+		}
 		MemoryContextDelete(w->cxt);
 		return NULL;
 	}
@@ -448,8 +456,8 @@ open_log_window(DeliveryWrites *writes, const DestinationConfig *dest,
 		else
 			(void) window_add(w, &msgs[i].msg, msgs[i].seq, 1);
 	}
-	/* A short window ends at the end of the log (as far as this read saw). */
-	w->upto = n < window_size ? head : msgs[n - 1].seq;
+	/* A short window ends where the read stopped looking. */
+	w->upto = n < window_size ? covered : msgs[n - 1].seq;
 	eo_delivery_cursor(writes, dest->id, -1, w->upto);
 	return w;
 }
@@ -499,6 +507,8 @@ eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 
 	dispatch_init();
 	step_wanted = false;
+	look_all |= look_all_next;
+	look_all_next = false;
 	*delivered = 0;
 	if (!reset_done)
 	{

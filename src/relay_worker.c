@@ -250,18 +250,19 @@ route_step(int limit, bool wait)
 		if (Max(cursor->delivered_seq, done_mark(dest->id)) < head)
 		{
 			LogMessage *msgs;
-			int64		seen;
+			int64		covered;
 			int64		from = Max(cursor->delivered_seq, done_mark(dest->id));
-			int			n = eo_log_read(dest->id, from, limit, &msgs, &seen);
+			int			n = eo_log_read(dest->id, from, limit, &msgs, &covered);
 
 			deliver_inline(dest, msgs, n, false, blocked, &writes, now);
 			if (n == limit)
+				covered = msgs[n - 1].seq;
+			eo_delivery_cursor(&writes, dest->id, covered, -1);
+			if (covered < head)
 			{
-				eo_delivery_cursor(&writes, dest->id, msgs[n - 1].seq, -1);
 				route_more = true;
 				continue;		/* still behind: not this batch */
 			}
-			eo_delivery_cursor(&writes, dest->id, head, -1);
 		}
 		caught_up = lappend_int(caught_up, dest->id);
 	}
