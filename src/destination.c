@@ -289,8 +289,8 @@ eo_check_destination_options(PG_FUNCTION_ARGS)
 	if (sink != NULL && sink->may_configure)
 		sink->may_configure();
 	eo_parse_destination(kind, PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), &cfg);
-	if (sink->check_target)
-		sink->check_target(&cfg);
+	if (cfg.sink->check_target)
+		cfg.sink->check_target(&cfg);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(PG_GETARG_JSONB_P(1));

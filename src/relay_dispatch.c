@@ -92,6 +92,22 @@ typedef struct RelaySend
 	bool		held;			/* set aside without an attempt */
 } RelaySend;
 
+/* The send a list node belongs to (the SinkSend is a RelaySend's first member). */
+static inline RelaySend *
+send_of(dlist_node *node)
+{
+	/* cppcheck-suppress nullPointer ; offsetof() inside dlist_container() */
+	return (RelaySend *) dlist_container(SinkSend, node, node);
+}
+
+/* The window a list node belongs to. */
+static inline Window *
+window_of(dlist_node *node)
+{
+	/* cppcheck-suppress nullPointer ; offsetof() inside dlist_container() */
+	return dlist_container(Window, node, node);
+}
+
 static MemoryContext dispatch_cxt = NULL;
 static ResourceOwner dispatch_owner = NULL;	/* for sinks' resources outside
 											 * transactions (HMAC contexts) */
@@ -160,7 +176,7 @@ window_free(Window *w)
 
 	dlist_foreach(it, &w->done)
 	{
-		RelaySend  *rs = (RelaySend *) dlist_container(SinkSend, node, it.cur);
+		RelaySend  *rs = send_of(it.cur);
 
 		if (rs->s.private != NULL)
 			w->sink->release(&rs->s);
@@ -243,7 +259,7 @@ count_in_flight(int32 dest_id)
 
 	dlist_foreach(it, &in_flight)
 	{
-		if (dlist_container(SinkSend, node, it.cur)->dest_id == dest_id)
+		if (send_of(it.cur)->s.dest_id == dest_id)
 			n++;
 	}
 	return n;
@@ -294,7 +310,7 @@ dispatch_pass(void)
 
 	dlist_foreach(wit, &windows)
 	{
-		Window	   *w = dlist_container(Window, node, wit.cur);
+		Window	   *w = window_of(wit.cur);
 		DestinationConfig *dest;
 		dlist_mutable_iter it;
 		int			free_slots;
@@ -306,7 +322,7 @@ dispatch_pass(void)
 		pass_number++;
 		dlist_foreach_modify(it, &w->queue)
 		{
-			RelaySend  *rs = (RelaySend *) dlist_container(SinkSend, node, it.cur);
+			RelaySend  *rs = send_of(it.cur);
 			KeyState   *ks = key_state(w, rs->s.key);
 
 			if (w->stop || dest == NULL || (ks != NULL && ks->failed))
@@ -346,7 +362,7 @@ collect_finished(void)
 	}
 	while (!dlist_is_empty(&done))
 	{
-		RelaySend  *rs = (RelaySend *) dlist_container(SinkSend, node, dlist_pop_head_node(&done));
+		RelaySend  *rs = send_of(dlist_pop_head_node(&done));
 
 		/* send_finished() moves it from a list: put it on one first. */
 		dlist_push_tail(&in_flight, &rs->s.node);
@@ -393,7 +409,7 @@ record_window(DeliveryWrites *writes, Window *w, const DestinationConfig *dest,
 		return;
 	dlist_foreach(it, &w->done)
 	{
-		RelaySend  *rs = (RelaySend *) dlist_container(SinkSend, node, it.cur);
+		RelaySend  *rs = send_of(it.cur);
 		DeliveryState state;
 
 		if (rs->held)
@@ -527,7 +543,7 @@ eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 	eo_delivery_writes_init(&writes);
 	dlist_foreach(it, &windows)
 	{
-		Window	   *w = dlist_container(Window, node, it.cur);
+		Window	   *w = window_of(it.cur);
 
 		if (!w->committed || dlist_is_empty(&w->done) ||
 			(!w->retries && w->unfinished > 0))
@@ -555,7 +571,7 @@ eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 			continue;
 		dlist_foreach(it, &windows)
 		{
-			Window	   *x = dlist_container(Window, node, it.cur);
+			Window	   *x = window_of(it.cur);
 
 			if (x->dest_id != dest->id)
 				continue;
@@ -614,7 +630,7 @@ eo_dispatch_step_done(bool committed)
 		reset_done = true;
 	dlist_foreach_modify(it, &windows)
 	{
-		Window	   *w = dlist_container(Window, node, it.cur);
+		Window	   *w = window_of(it.cur);
 		bool		drop;
 
 		if (w->recording)
