@@ -28,7 +28,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
 #include "executor/spi.h"
-#include "lib/stringinfo.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -43,7 +42,9 @@
 /* How far ahead of a cursor one read looks, in multiples of its limit. */
 #define READ_SPAN_FACTOR 4
 
+static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_seq = NULL;
+static SPIPlanPtr plan_move = NULL;
 static SPIPlanPtr plan_cursors = NULL;
 
 /* The sequence that numbers the log (InvalidOid before version 0.5.0). */
@@ -135,7 +136,8 @@ route_message(const RelayConfig *config, LogMessage *m)
  *		claim, so that it includes every change the claim could see; see
  *		relay_config.c) and move them to the log.  The caller holds the
  *		routing lock.  Returns how many, with the messages in *out and the
- *		configuration used in *config (current context).
+ *		configuration used in *config (current context; the messages point
+ *		into SPI's result, valid until SPI_finish()).
  */
 int
 eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
@@ -148,19 +150,21 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	int64		last;
 	bool		isnull;
 	MemoryContext cxt = CurrentMemoryContext;
-	ArrayBuildState *ids;
-	ArrayBuildState *seqs;
-	ArrayBuildState *routes;
+	Datum	   *ids;
+	Datum	   *counts;
+	int32	   *all_routes;
+	int			nall = 0;
 
 	/*
-	 * Planned for each batch, not saved: eo.outbox swings from empty to a
-	 * backlog and back, and a generic plan made while it was empty (a sort
-	 * of a sequential scan) would then sort the whole backlog for every
-	 * batch.  Planning costs a few tens of microseconds per batch.
+	 * A saved generic plan: the relay turns enable_seqscan off, so that a
+	 * plan made while eo.outbox was empty still reads the backlog through
+	 * its primary key instead of sorting it whole for every batch.
 	 */
-	if (SPI_execute_with_args("SELECT id, published_at, topic, key, headers, payload, payload_text"
-							  "  FROM eo.outbox ORDER BY id LIMIT $1",
-							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+	eo_relay_prepare(&plan_claim,
+					 "SELECT id, published_at, topic, key, headers, payload, payload_text"
+					 "  FROM eo.outbox ORDER BY id LIMIT $1",
+					 1, types);
+	if (SPI_execute_plan(plan_claim, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing relay: could not read eo.outbox");
 	claimed = SPI_tuptable;
 	n = SPI_processed;
@@ -172,10 +176,17 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	*config = eo_relay_config();
 	MemoryContextSwitchTo(cxt);
 	msgs = palloc0(sizeof(LogMessage) * n);
+	ids = palloc(sizeof(Datum) * n);
+	counts = palloc(sizeof(Datum) * n);
+	all_routes = palloc(sizeof(int32) * n * Max(list_length((*config)->dests), 1));
 	for (uint64 i = 0; i < n; i++)
 	{
-		eo_message_from_spi(&msgs[i].msg, claimed->vals[i], claimed->tupdesc, 1);
+		eo_message_read_spi(&msgs[i].msg, claimed->vals[i], claimed->tupdesc, 1, false);
 		route_message(*config, &msgs[i]);
+		ids[i] = UUIDPGetDatum(&msgs[i].msg.id);
+		counts[i] = Int32GetDatum(msgs[i].ndests);
+		memcpy(all_routes + nall, msgs[i].dests, sizeof(int32) * msgs[i].ndests);
+		nall += msgs[i].ndests;
 	}
 
 	/* n positions at once; a rolled-back routing leaves a harmless gap. */
@@ -189,40 +200,42 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 		elog(ERROR, "eo_processing relay: could not number messages");
 	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	MemoryContextSwitchTo(cxt);
-
-	ids = initArrayResult(UUIDOID, cxt, false);
-	seqs = initArrayResult(INT8OID, cxt, false);
-	routes = initArrayResult(TEXTOID, cxt, false);
 	for (uint64 i = 0; i < n; i++)
-	{
-		StringInfoData r;
-
 		msgs[i].seq = last - (int64) n + 1 + (int64) i;
-		initStringInfo(&r);
-		appendStringInfoChar(&r, '{');
-		for (int j = 0; j < msgs[i].ndests; j++)
-			appendStringInfo(&r, j > 0 ? ",%d" : "%d", msgs[i].dests[j]);
-		appendStringInfoChar(&r, '}');
-		accumArrayResult(ids, UUIDPGetDatum(&msgs[i].msg.id), false, UUIDOID, cxt);
-		accumArrayResult(seqs, Int64GetDatum(msgs[i].seq), false, INT8OID, cxt);
-		accumArrayResult(routes, CStringGetTextDatum(r.data), false, TEXTOID, cxt);
-	}
 
+	/*
+	 * Move: the i-th message gets position first + i - 1 and, as routes,
+	 * the next counts[i] entries of the flat array of destination ids.
+	 */
 	{
-		Oid			mtypes[3] = {UUIDARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
-		Datum		mvalues[3] = {makeArrayResult(ids, cxt), makeArrayResult(seqs, cxt),
-		makeArrayResult(routes, cxt)};
+		Datum	   *flat = palloc(sizeof(Datum) * Max(nall, 1));
+		Oid			mtypes[4] = {UUIDARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8OID};
+		Datum		mvalues[4];
 
-		/* Planned for each batch too: it finds outbox rows by id. */
-		if (SPI_execute_with_args("WITH m AS (DELETE FROM eo.outbox o WHERE o.id = ANY ($1) RETURNING o.*)"
-								  " INSERT INTO eo.message_log"
-								  "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
-								  "    destinations, published_by, seq, routes)"
-								  " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
-								  "        m.payload_text, now(), cardinality(r.routes::int4[]),"
-								  "        m.published_by, r.seq, r.routes::int4[]"
-								  "   FROM m JOIN unnest($1, $2, $3) AS r(id, seq, routes) ON r.id = m.id",
-								  3, mtypes, mvalues, NULL, false, 0) != SPI_OK_INSERT)
+		for (int i = 0; i < nall; i++)
+			flat[i] = Int32GetDatum(all_routes[i]);
+		mvalues[0] = PointerGetDatum(construct_array(ids, (int) n, UUIDOID, UUID_LEN, false,
+													 TYPALIGN_CHAR));
+		mvalues[1] = PointerGetDatum(construct_array(counts, (int) n, INT4OID, 4, true,
+													 TYPALIGN_INT));
+		mvalues[2] = PointerGetDatum(construct_array(flat, nall, INT4OID, 4, true,
+													 TYPALIGN_INT));
+		mvalues[3] = Int64GetDatum(last - (int64) n + 1);
+		eo_relay_prepare(&plan_move,
+						 "WITH r AS ("
+						 "  SELECT r.id, r.n, $4 + r.i - 1 AS seq,"
+						 "         (sum(r.n) OVER (ORDER BY r.i) - r.n)::int4 AS start"
+						 "    FROM unnest($1, $2) WITH ORDINALITY AS r(id, n, i)),"
+						 " m AS (DELETE FROM eo.outbox o USING r WHERE o.id = r.id RETURNING o.*)"
+						 " INSERT INTO eo.message_log"
+						 "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
+						 "    destinations, published_by, seq, routes)"
+						 " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
+						 "        m.payload_text, now(), r.n, m.published_by, r.seq,"
+						 "        coalesce($3[r.start + 1 : r.start + r.n], '{}')"
+						 "   FROM m JOIN r ON r.id = m.id",
+						 4, mtypes);
+		if (SPI_execute_plan(plan_move, mvalues, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "eo_processing relay: could not move messages to eo.message_log");
 		if (SPI_processed != n)
 			elog(ERROR, "eo_processing relay: moved " UINT64_FORMAT " of " UINT64_FORMAT " messages",
@@ -380,7 +393,7 @@ eo_log_quarantine_head(const char *error)
 void
 eo_log_forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_seq, &plan_cursors};
+	SPIPlanPtr *plans[] = {&plan_claim, &plan_seq, &plan_move, &plan_cursors};
 
 	eo_relay_free_plans(plans, lengthof(plans));
 }

@@ -109,6 +109,8 @@ extern SPIPlanPtr eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs,
 								   Oid *argtypes);
 extern void eo_relay_free_plans(SPIPlanPtr **plans, int nplans);
 extern void eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first);
+extern void eo_message_read_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first,
+								bool copy);
 
 /* database_guard.c */
 extern void eo_database_guard_install(void);

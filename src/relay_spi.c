@@ -49,14 +49,16 @@ eo_relay_free_plans(SPIPlanPtr **plans, int nplans)
 }
 
 /*
- * eo_message_from_spi
+ * eo_message_read_spi
  *		Read an EoMessage from columns first..first+6 of an SPI row (id,
- *		published_at, topic, key, headers, payload, payload_text), copied
- *		into the current memory context, so that it outlives SPI_finish()
- *		when that context does.
+ *		published_at, topic, key, headers, payload, payload_text).  With
+ *		"copy", the jsonb values are copied into the current memory context
+ *		(so that the message outlives SPI_finish() when that context does);
+ *		without, they may point into the row.  Strings are always palloc'd
+ *		in the current context.
  */
 void
-eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first)
+eo_message_read_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first, bool copy)
 {
 	bool		isnull;
 	Datum		d;
@@ -68,9 +70,16 @@ eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first)
 	d = SPI_getbinval(tup, desc, first + 3, &isnull);
 	msg->key = isnull ? NULL : TextDatumGetCString(d);
 	d = SPI_getbinval(tup, desc, first + 4, &isnull);
-	msg->headers = isnull ? NULL : DatumGetJsonbPCopy(d);
+	msg->headers = isnull ? NULL : copy ? DatumGetJsonbPCopy(d) : DatumGetJsonbP(d);
 	d = SPI_getbinval(tup, desc, first + 5, &isnull);
-	msg->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
+	msg->payload = isnull ? NULL : copy ? DatumGetJsonbPCopy(d) : DatumGetJsonbP(d);
 	d = SPI_getbinval(tup, desc, first + 6, &isnull);
 	msg->payload_text = isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* eo_message_read_spi with copies: the message outlives the SPI row. */
+void
+eo_message_from_spi(EoMessage *msg, HeapTuple tup, TupleDesc desc, int first)
+{
+	eo_message_read_spi(msg, tup, desc, first, true);
 }

@@ -680,6 +680,20 @@ eo_relay_worker_main(Datum main_arg)
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
+	/*
+	 * Every statement of the relay reads its tables through an index; its
+	 * queues swing from empty to a backlog and back, and a plan made while
+	 * one was empty must not scan (and sort) the backlog whole.  Where a
+	 * statement has no index to use, a sequential scan still runs.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Its statements are short: compiling them costs more than it saves
+	 * (and a disabled sequential scan's cost would trigger it every time).
+	 */
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
+
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing relay loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	eo_relay_config_init(my_slot);
