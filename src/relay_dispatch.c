@@ -689,6 +689,118 @@ eo_dispatch_next_due(void)
 }
 
 /*
+ * The relay's wait set, kept between waits: building one costs an epoll
+ * instance and a system call per descriptor, and a webhook on a kept-alive
+ * connection only switches its socket between writing and reading, which
+ * ModifyWaitEvent() does in place.  Rebuilt when a sink opens or closes a
+ * descriptor (its generation changes).
+ */
+#define MAX_ASYNC_SINKS 16
+
+typedef struct WatchedSocket
+{
+	pgsocket	fd;
+	uint32		events;
+	int			pos;			/* in wait_set */
+} WatchedSocket;
+
+static WaitEventSet *wait_set = NULL;
+static WatchedSocket *watched = NULL;
+static int	nwatched = 0;
+static int	watched_capacity = 0;
+static uint64 watched_generation[MAX_ASYNC_SINKS];
+
+/*
+ * prepare_wait_set
+ *		Make wait_set watch the latch, postmaster death and every socket the
+ *		sinks want; lower *timeout_ms to the sinks' timers.  Returns the
+ *		number of events the set holds.
+ */
+static int
+prepare_wait_set(long *timeout_ms)
+{
+	int			nsinks;
+	const SinkRoutine *const *sinks = eo_sink_all(&nsinks);
+	const SinkSocket *socks[MAX_ASYNC_SINKS];
+	int			nsocks[MAX_ASYNC_SINKS];
+	uint64		gens[MAX_ASYNC_SINKS];
+	bool		rebuild = (wait_set == NULL);
+	int			total = 0;
+	int			k = 0;
+
+	for (int i = 0; i < nsinks && i < MAX_ASYNC_SINKS; i++)
+	{
+		nsocks[i] = 0;
+		gens[i] = 0;
+		if (!eo_sink_is_async(sinks[i]))
+			continue;
+		nsocks[i] = sinks[i]->wait_sockets(&socks[i], &gens[i], timeout_ms);
+		if (gens[i] != watched_generation[i])
+			rebuild = true;
+		for (int j = 0; j < nsocks[i]; j++)
+		{
+			if (socks[i][j].events != 0)
+				total++;
+		}
+	}
+	if (total != nwatched)
+		rebuild = true;
+
+	/* Same descriptors: adjust what is watched on each, in place. */
+	if (!rebuild)
+	{
+		for (int i = 0; i < nsinks && i < MAX_ASYNC_SINKS && !rebuild; i++)
+		{
+			for (int j = 0; j < nsocks[i] && !rebuild; j++)
+			{
+				if (socks[i][j].events == 0)
+					continue;
+				if (watched[k].fd != socks[i][j].fd)
+					rebuild = true;
+				else if (watched[k].events != socks[i][j].events)
+				{
+					ModifyWaitEvent(wait_set, watched[k].pos, socks[i][j].events, NULL);
+					watched[k].events = socks[i][j].events;
+				}
+				k++;
+			}
+		}
+		if (!rebuild)
+			return nwatched + 2;
+	}
+
+	if (wait_set != NULL)
+		FreeWaitEventSet(wait_set);
+	if (total > watched_capacity)
+	{
+		watched_capacity = Max(total, 2 * watched_capacity);
+		watched = watched == NULL ?
+			MemoryContextAlloc(dispatch_cxt, sizeof(WatchedSocket) * watched_capacity) :
+			repalloc(watched, sizeof(WatchedSocket) * watched_capacity);
+	}
+	wait_set = CreateWaitEventSet(dispatch_cxt, total + 2);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	nwatched = 0;
+	for (int i = 0; i < nsinks && i < MAX_ASYNC_SINKS; i++)
+	{
+		watched_generation[i] = gens[i];
+		for (int j = 0; j < nsocks[i]; j++)
+		{
+			if (socks[i][j].events == 0)
+				continue;
+			watched[nwatched].fd = socks[i][j].fd;
+			watched[nwatched].events = socks[i][j].events;
+			watched[nwatched].pos = AddWaitEventToSet(wait_set, socks[i][j].events,
+													  socks[i][j].fd, NULL,
+													  (void *) sinks[i]);
+			nwatched++;
+		}
+	}
+	return nwatched + 2;
+}
+
+/*
  * eo_dispatch_wait
  *		Wait up to timeout_ms for the latch, postmaster death (exits) or
  *		activity of a sink, let the sinks work, and start what may start.
@@ -701,35 +813,14 @@ eo_dispatch_wait(long timeout_ms, bool *latch_set)
 {
 	int			nsinks;
 	const SinkRoutine *const *sinks = eo_sink_all(&nsinks);
-	int			nevents = 2;
-	WaitEventSet *set;
 	WaitEvent  *events;
+	int			nevents;
 	int			n;
-	int			finished;
 
-	for (int i = 0; i < nsinks; i++)
-	{
-		if (eo_sink_is_async(sinks[i]))
-			nevents += sinks[i]->max_wait_events();
-	}
-	if (nevents == 2 && dlist_is_empty(&in_flight))
-	{
-		*latch_set = (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								timeout_ms, PG_WAIT_EXTENSION) & WL_LATCH_SET) != 0;
-		return 0;
-	}
-
-	set = CreateWaitEventSet(CurrentMemoryContext, nevents);
-	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	for (int i = 0; i < nsinks; i++)
-	{
-		if (eo_sink_is_async(sinks[i]))
-			sinks[i]->add_wait_events(set, &timeout_ms);
-	}
+	dispatch_init();
+	nevents = prepare_wait_set(&timeout_ms);
 	events = palloc(sizeof(WaitEvent) * nevents);
-	n = WaitEventSetWait(set, timeout_ms, events, nevents, PG_WAIT_EXTENSION);
-	FreeWaitEventSet(set);
+	n = WaitEventSetWait(wait_set, timeout_ms, events, nevents, PG_WAIT_EXTENSION);
 	*latch_set = false;
 	for (int i = 0; i < n; i++)
 	{
@@ -742,6 +833,5 @@ eo_dispatch_wait(long timeout_ms, bool *latch_set)
 			sinks[i]->handle_events(events, n);
 	}
 	pfree(events);
-	finished = progress();
-	return finished;
+	return progress();
 }

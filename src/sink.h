@@ -78,6 +78,13 @@ typedef struct SinkSend
 	SinkOutcome outcome;
 } SinkSend;
 
+/* A descriptor an asynchronous sink waits on. */
+typedef struct SinkSocket
+{
+	pgsocket	fd;
+	uint32		events;			/* WL_SOCKET_READABLE / WL_SOCKET_WRITEABLE */
+} SinkSocket;
+
 typedef struct SinkRoutine
 {
 	const char *kind;			/* eo.destination.kind */
@@ -108,17 +115,20 @@ typedef struct SinkRoutine
 
 	/*
 	 * Asynchronous delivery.  start begins sending (no transaction open);
-	 * it may finish the send at once (send->finished).  add_wait_events
-	 * adds the sink's descriptors to the relay's wait (at most
-	 * max_wait_events of them, user_data = the routine) and may lower
-	 * *timeout_ms; handle_events gets every event the wait returned and
-	 * lets the sink progress; collect moves finished sends to "done".
-	 * release frees a send's private state (finished or not).
+	 * it may finish the send at once (send->finished).  wait_sockets says
+	 * which descriptors the relay's wait must watch (an array the sink
+	 * owns, valid until the next call into the sink), with a generation
+	 * that changes whenever a descriptor is opened or closed (the relay
+	 * keeps its wait set between waits and rebuilds it only then), and may
+	 * lower *timeout_ms; handle_events gets every event the wait returned
+	 * (the sink's have user_data = the routine) and lets the sink
+	 * progress; collect moves finished sends to "done".  release frees a
+	 * send's private state (finished or not).
 	 */
 	void		(*start) (SinkSend *send, const struct DestinationConfig *dest,
 						  const EoMessage *msg);
-	int			(*max_wait_events) (void);
-	void		(*add_wait_events) (WaitEventSet *set, long *timeout_ms);
+	int			(*wait_sockets) (const SinkSocket **sockets, uint64 *generation,
+								 long *timeout_ms);
 	void		(*handle_events) (WaitEvent *events, int nevents);
 	void		(*collect) (dlist_head *done);
 	void		(*release) (SinkSend *send);

@@ -49,18 +49,12 @@
 #define HTTP_GONE_REASON \
 	"the receiver answered 410 Gone; eo.alter_destination() enables it again"
 
-/* A socket libcurl asked us to watch. */
-typedef struct WatchedSocket
-{
-	curl_socket_t fd;
-	int			what;			/* CURL_POLL_IN / _OUT / _INOUT */
-} WatchedSocket;
-
 static CURLM *multi = NULL;
 static MemoryContext http_cxt = NULL;
 
 /* libcurl's sockets and timer (plain malloc: the callbacks cannot throw). */
-static WatchedSocket *sockets = NULL;
+static SinkSocket *sockets = NULL;
+static uint64 socket_generation = 0;	/* bumped when a socket comes or goes */
 static int	nsockets = 0;
 static int	socket_capacity = 0;
 static bool timer_set = false;
@@ -71,6 +65,7 @@ static int
 socket_changed(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
 	int			i;
+	uint32		events = 0;
 
 	for (i = 0; i < nsockets; i++)
 	{
@@ -80,7 +75,10 @@ socket_changed(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
 	if (what == CURL_POLL_REMOVE)
 	{
 		if (i < nsockets)
+		{
 			sockets[i] = sockets[--nsockets];
+			socket_generation++;
+		}
 		return 0;
 	}
 	if (i == nsockets)
@@ -88,7 +86,7 @@ socket_changed(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
 		if (nsockets == socket_capacity)
 		{
 			int			cap = Max(16, socket_capacity * 2);
-			WatchedSocket *grown = realloc(sockets, sizeof(WatchedSocket) * cap);
+			SinkSocket *grown = realloc(sockets, sizeof(SinkSocket) * cap);
 
 			if (grown == NULL)
 				return -1;		/* libcurl fails the transfer */
@@ -96,8 +94,13 @@ socket_changed(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
 			socket_capacity = cap;
 		}
 		sockets[nsockets++].fd = fd;
+		socket_generation++;
 	}
-	sockets[i].what = what;
+	if (what & CURL_POLL_IN)
+		events |= WL_SOCKET_READABLE;
+	if (what & CURL_POLL_OUT)
+		events |= WL_SOCKET_WRITEABLE;
+	sockets[i].events = events;
 	return 0;
 }
 
@@ -211,30 +214,16 @@ http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 		classify(send, req);
 }
 
-/* How many descriptors add_wait_events may add. */
+/*
+ * http_wait_sockets
+ *		libcurl's sockets, as the relay's wait watches them; its timer
+ *		lowers the timeout.
+ */
 static int
-http_max_wait_events(void)
+http_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 {
-	return nsockets;
-}
-
-/* Add libcurl's sockets to the relay's wait; its timer lowers the timeout. */
-static void
-http_add_wait_events(WaitEventSet *set, long *timeout_ms)
-{
-	if (multi == NULL)
-		return;
-	for (int i = 0; i < nsockets; i++)
-	{
-		uint32		ev = 0;
-
-		if (sockets[i].what & CURL_POLL_IN)
-			ev |= WL_SOCKET_READABLE;
-		if (sockets[i].what & CURL_POLL_OUT)
-			ev |= WL_SOCKET_WRITEABLE;
-		if (ev != 0)
-			AddWaitEventToSet(set, ev, sockets[i].fd, NULL, (void *) &eo_http_sink);
-	}
+	*out = sockets;
+	*generation = socket_generation;
 	if (timer_set)
 	{
 		TimestampTz now = GetCurrentTimestamp();
@@ -243,6 +232,7 @@ http_add_wait_events(WaitEventSet *set, long *timeout_ms)
 
 		*timeout_ms = Min(*timeout_ms, until);
 	}
+	return nsockets;
 }
 
 /* Let libcurl work on the sockets that are ready, and on its timer. */
@@ -350,8 +340,7 @@ const SinkRoutine eo_http_sink = {
 	.logs_attempts = true,
 	.deliver = NULL,
 	.start = http_start,
-	.max_wait_events = http_max_wait_events,
-	.add_wait_events = http_add_wait_events,
+	.wait_sockets = http_wait_sockets,
 	.handle_events = http_handle_events,
 	.collect = http_collect,
 	.release = http_release,
