@@ -290,39 +290,6 @@ message_headers(HttpRequest *req, const DestinationConfig *dest, const EoMessage
 }
 
 /*
- * Easy handles of finished requests, kept for the next ones: a new handle
- * costs allocations (its buffers) that a reset one keeps.  Plain C
- * memory, like libcurl's; the handles go with the process.
- */
-#define IDLE_HANDLES 64
-static CURL *idle_handles[IDLE_HANDLES];
-static int	nidle = 0;
-
-/* An easy handle with default options: a kept one, reset, or a new one. */
-static CURL *
-take_handle(void)
-{
-	if (nidle > 0)
-	{
-		CURL	   *easy = idle_handles[--nidle];
-
-		curl_easy_reset(easy);
-		return easy;
-	}
-	return curl_easy_init();
-}
-
-/* Keep a handle no request uses any more (or free it if enough are kept). */
-static void
-give_back_handle(CURL *easy)
-{
-	if (nidle < IDLE_HANDLES)
-		idle_handles[nidle++] = easy;
-	else
-		curl_easy_cleanup(easy);
-}
-
-/*
  * eo_http_request_build
  *		A request for one attempt to deliver "msg" to "dest", in a new
  *		memory context under "parent".  If it cannot be sent, the request
@@ -410,7 +377,7 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 		return req;
 	}
 
-	req->easy = take_handle();
+	req->easy = curl_easy_init();
 	if (req->easy == NULL)
 	{
 		req->build_error = "could not create a libcurl handle";
@@ -498,7 +465,7 @@ void
 eo_http_request_free(HttpRequest *req)
 {
 	if (req->easy != NULL)
-		give_back_handle(req->easy);
+		curl_easy_cleanup(req->easy);
 	if (req->headers != NULL)
 		curl_slist_free_all(req->headers);
 	MemoryContextDelete(req->cxt);
