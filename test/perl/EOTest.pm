@@ -283,14 +283,17 @@ sub eo_wait_relay
 }
 
 # eo_wait_drained($node, $dbname): poll until eo.outbox is empty and no
-# delivery is unfinished; returns what poll_query_until returned.
+# delivery is unfinished: none set aside in eo.delivery, and none in the
+# log after a destination's cursor (eo.stats); returns what
+# poll_query_until returned.
 sub eo_wait_drained
 {
 	my ($node, $dbname) = @_;
 	return $node->poll_query_until(
 		$dbname, q{
 		SELECT NOT EXISTS (SELECT 1 FROM eo.outbox)
-		   AND NOT EXISTS (SELECT 1 FROM eo.delivery WHERE state <> 'dead')});
+		   AND NOT EXISTS (SELECT 1 FROM eo.delivery WHERE state <> 'dead')
+		   AND (SELECT coalesce(sum(pending + in_flight + retrying), 0) = 0 FROM eo.stats)});
 }
 
 # eo_set_relay_enabled($node, 'on' | 'off' [, $dbname]): ALTER SYSTEM and
