@@ -171,5 +171,22 @@ SELECT count(*) AS outbox FROM eo.outbox;
 DROP EXTENSION eo_processing;
 -- Nothing to warn about: no warning.
 CREATE EXTENSION eo_processing;
+-- eo.topic_matches(): the relay's matcher, in SQL.  Exact topics match
+-- only themselves; a trailing * matches the prefix (and the prefix alone);
+-- elsewhere a * is an ordinary character (eo.subscribe refuses such
+-- patterns); strict.
+SELECT p, t, eo.topic_matches(p, t) AS matches
+  FROM (VALUES ('orders.created', 'orders.created'), ('orders.created', 'orders.created.x'),
+               ('orders.*', 'orders.paid'), ('orders.*', 'orders.'), ('orders.*', 'orders'),
+               ('*', 'anything'), ('*', ''), ('a*b', 'a*b'), ('a*b', 'axb'),
+               ('orders.*', NULL), (NULL, 'orders.paid')) AS v(p, t);
+-- The relay routes with the same rule: a message to 'orders' (no dot)
+-- is unrouted for a subscription to 'orders.*'.
+SELECT eo.create_destination('m', 'notify');
+SELECT eo.subscribe('orders.*', 'm');
+SELECT eo.publish('orders', '{}'::jsonb) IS NOT NULL AS published,
+       eo.publish('orders.x', '{}'::jsonb) IS NOT NULL AS published;
+SELECT eo.relay_run() AS routed;
+SELECT topic, destinations FROM eo.message_log ORDER BY seq;
 DROP EXTENSION eo_processing;
 DROP ROLE regress_eo_d_app;
