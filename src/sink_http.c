@@ -58,6 +58,7 @@ static uint64 socket_generation = 0;	/* bumped when a socket comes or goes */
 static int	nsockets = 0;
 static int	socket_capacity = 0;
 static bool timer_set = false;
+static bool handles_added = false;	/* libcurl has new requests to start */
 static TimestampTz timer_deadline = 0;
 
 /* libcurl socket callback: remember what to wait for on a socket. */
@@ -212,6 +213,8 @@ http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	}
 	if (req->easy == NULL)
 		classify(send, req);
+	else
+		handles_added = true;
 }
 
 /*
@@ -272,8 +275,16 @@ http_collect(dlist_head *done)
 
 	if (multi == NULL)
 		return;
-	/* Requests just added may be answered at once: let libcurl run them. */
-	(void) curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	/*
+	 * Requests just added: let libcurl start them (a fast receiver may
+	 * answer at once).  Not on every collect: a full pass over libcurl's
+	 * transfers is wasted work when nothing was added.
+	 */
+	if (handles_added)
+	{
+		handles_added = false;
+		(void) curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
 	while ((m = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		HttpRequest *req = NULL;
