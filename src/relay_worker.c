@@ -759,9 +759,15 @@ eo_relay_worker_main(Datum main_arg)
 			/* eo.wake_relay(): an update, a redrive, eo.relay_run(), ... */
 			my_slot->retry_requested = false;
 			retry_needed = true;
-			if (!ready)
-				ready = exit_if_unwanted();
 		}
+
+		/*
+		 * Objects older than this library: look again whenever woken
+		 * (ALTER EXTENSION UPDATE ends with eo.wake_relay(), which only
+		 * sets the latch).
+		 */
+		if (!ready && woken)
+			ready = exit_if_unwanted();
 		if (!ready && !said_not_ready)
 		{
 			ereport(LOG,
