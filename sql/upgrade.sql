@@ -134,6 +134,9 @@ SELECT m.topic, m.routes = ARRAY[d.id] AS routed_to_d
 SELECT state, key FROM eo.delivery ORDER BY message_id;
 -- The new matcher, in SQL.
 SELECT eo.topic_matches('upgr*', 'upgraded') AS prefix, eo.topic_matches('upgraded', 'upgraded.x') AS exact;
+-- 0.6.0.
+ALTER EXTENSION eo_processing UPDATE TO '0.6.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 \dx+ eo_processing
 
 DROP EXTENSION eo_processing;
