@@ -63,14 +63,14 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 # pg_regress: sql/ and expected/ at the top level.
 REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
 	destinations grants http_options http_address_guard keys reconcile \
-	hostile_input upgrade
+	hostile_input log_rotation upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf
 
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
 	inbox_prepared process_seq_races outbox_keys relay_claims \
-	keys_race
+	keys_race log_rotation
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

@@ -34,7 +34,7 @@ SELECT r.rolname, c.oid::regclass::text AS relation
   JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'eo'
   CROSS JOIN pg_roles r
  WHERE r.rolname IN ('regress_eo_g_consumer', 'regress_eo_g_app', 'regress_eo_g_ops')
-   AND c.relkind IN ('r', 'v')
+   AND c.relkind IN ('r', 'p', 'v')
    AND has_table_privilege(r.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
  ORDER BY 1, 2;
 

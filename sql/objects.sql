@@ -34,9 +34,10 @@ SELECT c.relname,
        EXISTS (SELECT 1 FROM aclexplode(c.relacl) a
                 WHERE a.grantee <> c.relowner) AS others_have_rights
   FROM pg_class c
- WHERE c.relnamespace = 'eo'::regnamespace AND c.relkind = 'r' ORDER BY c.relname;
+ WHERE c.relnamespace = 'eo'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY c.relname;
 
--- pg_dump keeps the users' data: every table but none of the views.
+-- pg_dump keeps the users' data: every table but none of the views (the
+-- log's data is in its slots).
 SELECT c.relname
   FROM pg_extension e, unnest(e.extconfig) AS t(oid)
   JOIN pg_class c ON c.oid = t.oid

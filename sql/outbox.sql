@@ -119,9 +119,10 @@ WITH moved AS (
     RETURNING o.*
 )
 INSERT INTO eo.message_log (id, published_at, topic, key, headers, payload, payload_text,
-                            routed_at, destinations, published_by)
+                            routed_at, destinations, published_by, slot)
 SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text,
-       now(), CASE WHEN m.key IS NULL THEN 0 ELSE 1 END, m.published_by FROM moved m;
+       now(), CASE WHEN m.key IS NULL THEN 0 ELSE 1 END, m.published_by,
+       coalesce((SELECT current_slot FROM eo.message_log_rotation), 0) FROM moved m;
 SELECT i.step, eo.message(i.id) - 'id' - 'published_at' AS envelope
   FROM ids i WHERE i.step IN (1, 3) ORDER BY i.step;
 SELECT u.topic, u.key, u.id = i.id AS is_step_1,

@@ -117,7 +117,29 @@ SELECT destination, pending, in_flight, retrying, dead, delivered_total
 SELECT destination_id IS NOT NULL AS has_cursor, delivered_seq, sending_seq
   FROM eo.destination_stats ORDER BY destination_id;
 SELECT count(*) AS old_log_rows, count(seq) AS with_position FROM eo.message_log;
--- The relay routes what 0.4.1 left in the outbox (once each, with
+-- The new matcher, in SQL.
+SELECT eo.topic_matches('upgr*', 'upgraded') AS prefix, eo.topic_matches('upgraded', 'upgraded.x') AS exact;
+-- 0.6.0: the log rotates over three slots.  The log of 0.5.0 becomes slot
+-- 0, rows and all; the relay of this library needs it (before the update
+-- eo.relay_run() refuses).
+-- A role that may read the log keeps that right, as its own grant (which
+-- pg_dump keeps), on the new parent.
+SELECT eo.relay_run() AS routed;
+GRANT SELECT ON eo.message_log TO regress_eo_upgrade_app;
+ALTER EXTENSION eo_processing UPDATE TO '0.6.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+SELECT has_table_privilege('regress_eo_upgrade_app', 'eo.message_log', 'SELECT') AS reads_log,
+       has_table_privilege('regress_eo_upgrade_app', 'eo.message_log_0', 'SELECT') AS reads_slot_0,
+       EXISTS (SELECT 1 FROM pg_init_privs i, aclexplode(i.initprivs) a
+                WHERE i.objoid = 'eo.message_log'::regclass
+                  AND a.grantee = 'regress_eo_upgrade_app'::regrole) AS extension_grant;
+SELECT c.relname, c.relkind, pg_get_expr(c.relpartbound, c.oid) AS bound
+  FROM pg_class c
+ WHERE c.relnamespace = 'eo'::regnamespace AND c.relname LIKE 'message\_log%'
+   AND c.relkind IN ('r', 'p') ORDER BY 1;
+SELECT slot, count(*) FROM eo.message_log GROUP BY slot ORDER BY slot;
+SELECT current_slot FROM eo.message_log_rotation;
+-- Now the relay routes what 0.4.1 left in the outbox (once each, with
 -- positions), delivers the due retry, and then the message held behind it.
 SELECT eo.relay_run() AS routed;
 SELECT destination, pending, in_flight, retrying, dead, delivered_total
@@ -132,11 +154,7 @@ SELECT m.topic, m.routes = ARRAY[d.id] AS routed_to_d
   FROM eo.message_log m, eo.destination d
  WHERE m.seq IS NOT NULL AND d.name = 'd' ORDER BY m.seq;
 SELECT state, key FROM eo.delivery ORDER BY message_id;
--- The new matcher, in SQL.
-SELECT eo.topic_matches('upgr*', 'upgraded') AS prefix, eo.topic_matches('upgraded', 'upgraded.x') AS exact;
--- 0.6.0.
-ALTER EXTENSION eo_processing UPDATE TO '0.6.0';
-SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+SELECT slot, count(*) FROM eo.message_log GROUP BY slot ORDER BY slot;
 \dx+ eo_processing
 
 DROP EXTENSION eo_processing;

@@ -113,7 +113,7 @@ typedef struct EoTableCache
 	Oid			nspid;
 } EoTableCache;
 
-#define EO_TABLE_CACHE_SIZE 8
+#define EO_TABLE_CACHE_SIZE 16
 static EoTableCache table_cache[EO_TABLE_CACHE_SIZE];
 
 /*

@@ -47,25 +47,26 @@ static SPIPlanPtr plan_seq = NULL;
 static SPIPlanPtr plan_move = NULL;
 static SPIPlanPtr plan_cursors = NULL;
 
-/* The sequence that numbers the log (InvalidOid before version 0.5.0). */
+/* A relation of the extension's schema, or InvalidOid if there is none. */
 static Oid
-message_seq_oid(void)
+eo_relation_oid(const char *name)
 {
 	Oid			nsp = get_namespace_oid(EO_SCHEMA_NAME, true);
 
-	return OidIsValid(nsp) ? get_relname_relid("message_seq", nsp) : InvalidOid;
+	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
 }
 
 /*
  * eo_log_objects_ready
  *		Whether the extension's objects are those of this library's relay
- *		(version 0.5.0 or later).  Between the installation of a new
- *		library and ALTER EXTENSION UPDATE they may be older.
+ *		(version 0.6.0 or later: the log rotates over the slots that
+ *		eo.message_log_rotation tracks).  Between the installation of a
+ *		new library and ALTER EXTENSION UPDATE they may be older.
  */
 bool
 eo_log_objects_ready(void)
 {
-	return OidIsValid(message_seq_oid());
+	return OidIsValid(eo_relation_oid("message_log_rotation"));
 }
 
 /*
@@ -78,9 +79,9 @@ eo_log_objects_ready(void)
 bool
 eo_log_lock(bool wait)
 {
-	Oid			seq = message_seq_oid();
+	Oid			seq = eo_relation_oid("message_seq");
 
-	if (!OidIsValid(seq))
+	if (!OidIsValid(seq) || !eo_log_objects_ready())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the objects of extension eo_processing are older than its library"),
@@ -229,10 +230,11 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 						 " m AS (DELETE FROM eo.outbox o USING r WHERE o.id = r.id RETURNING o.*)"
 						 " INSERT INTO eo.message_log"
 						 "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
-						 "    destinations, published_by, seq, routes)"
+						 "    destinations, published_by, seq, routes, slot)"
 						 " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
 						 "        m.payload_text, now(), r.n, m.published_by, r.seq,"
-						 "        coalesce($3[r.start + 1 : r.start + r.n], '{}')"
+						 "        coalesce($3[r.start + 1 : r.start + r.n], '{}'),"
+						 "        coalesce((SELECT current_slot FROM eo.message_log_rotation), 0)"
 						 "   FROM m JOIN r ON r.id = m.id",
 						 4, mtypes);
 		if (SPI_execute_plan(plan_move, mvalues, NULL, false, 0) != SPI_OK_INSERT)
@@ -374,10 +376,11 @@ eo_log_quarantine_head(const char *error)
 							  " log AS ("
 							  "  INSERT INTO eo.message_log"
 							  "    (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
-							  "     destinations, published_by, seq, routes)"
+							  "     destinations, published_by, seq, routes, slot)"
 							  "  SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
 							  "         m.payload_text, now(), (SELECT count(*) FROM r), m.published_by,"
-							  "         nextval('eo.message_seq'), '{}'"
+							  "         nextval('eo.message_seq'), '{}',"
+							  "         coalesce((SELECT current_slot FROM eo.message_log_rotation), 0)"
 							  "    FROM m RETURNING id, key)"
 							  " INSERT INTO eo.delivery (destination_id, message_id, key, state, attempts,"
 							  "                          next_attempt_at, created_at, last_attempt_at, last_error)"

@@ -27,6 +27,8 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type_d.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -74,6 +76,7 @@ enum
 	LOG_PUBLISHED_BY,			/* since 0.4.1 */
 	LOG_SEQ,					/* since 0.5.0 */
 	LOG_ROUTES,					/* since 0.5.0 */
+	LOG_SLOT,					/* since 0.6.0 */
 	LOG_NCOLUMNS
 };
 
@@ -101,6 +104,7 @@ static const KeyedTableColumn message_log_columns[LOG_NCOLUMNS] = {
 	{"published_by", REGROLEOID, true},
 	{"seq", INT8OID, true},
 	{"routes", INT4ARRAYOID, true},
+	{"slot", INT2OID, true},
 };
 
 enum
@@ -494,6 +498,48 @@ check_message_access(KeyedTable *kt, int publisher_column, pg_uuid_t *id)
 }
 
 /*
+ * Where a message may be kept, in the order eo.message() looks: the outbox,
+ * then the log.  Since 0.6.0 the log is partitioned into slots, each a
+ * table with its own unique index on id (the partitioned parent has
+ * none); before, it was one table.
+ */
+static const char *const outbox_table = "outbox";
+static const char *const log_tables[] = {"message_log_0", "message_log_1", "message_log_2"};
+static const char *const old_log_table = "message_log";
+
+/*
+ * find_message
+ *		Look the id up in eo.<relname> with the caller's snapshot; if a row
+ *		is visible, check that the caller may read it and return its
+ *		envelope, allocated in the caller's context.  NULL if none.
+ */
+static char *
+find_message(const char *relname, const KeyedTableColumn *columns, int ncolumns,
+			 int publisher_column, pg_uuid_t *id)
+{
+	KeyedTable *kt = kt_open(relname, columns, ncolumns, NULL);
+	TupleTableSlot *slot = kt->newslot;
+	char	   *envelope = NULL;
+
+	kt_clear_newslot(kt);
+	slot->tts_values[OUTBOX_ID] = UUIDPGetDatum(id);
+	slot->tts_isnull[OUTBOX_ID] = false;
+	ExecStoreVirtualTuple(slot);
+	if (kt_fetch_visible(kt))
+	{
+		EoMessage	msg;
+
+		check_message_access(kt, publisher_column, id);
+		eo_message_from_slot(&msg, kt->oldslot);
+		MemoryContextSwitchTo(kt->callercxt);
+		envelope = eo_envelope(&msg, 0);
+		MemoryContextSwitchTo(kt->estate->es_query_cxt);
+	}
+	kt_close(kt);
+	return envelope;
+}
+
+/*
  * eo.message(id uuid) RETURNS jsonb
  *
  * The message with this id, as the relay's envelope but never truncated;
@@ -501,38 +547,30 @@ check_message_access(KeyedTable *kt, int publisher_column, pg_uuid_t *id)
  * outbox (not yet routed) and the message log with the caller's snapshot.
  * Access is checked per message (check_message_access); the right to read
  * a not-yet-routed message is the right to read eo.message_log as well.
+ * A message being copied from one slot of the log to another (by the
+ * purge) is found in either.
  */
 Datum
 eo_message(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *id = PG_GETARG_UUID_P(0);
-	static const char *const tables[] = {"outbox", "message_log"};
-	static const KeyedTableColumn *const columns[] = {outbox_columns, message_log_columns};
-	static const int ncolumns[] = {OUTBOX_NCOLUMNS, LOG_NCOLUMNS};
-	static const int publisher_columns[] = {OUTBOX_PUBLISHED_BY, LOG_PUBLISHED_BY};
-	char	   *envelope = NULL;
+	char	   *envelope;
+	Oid			nsp;
+	Oid			log;
 
-	for (int i = 0; i < lengthof(tables) && envelope == NULL; i++)
+	envelope = find_message(outbox_table, outbox_columns, OUTBOX_NCOLUMNS,
+							OUTBOX_PUBLISHED_BY, id);
+	nsp = get_namespace_oid(EO_SCHEMA_NAME, true);
+	log = OidIsValid(nsp) ? get_relname_relid(old_log_table, nsp) : InvalidOid;
+	if (envelope == NULL && OidIsValid(log) && get_rel_relkind(log) == RELKIND_PARTITIONED_TABLE)
 	{
-		KeyedTable *kt = kt_open(tables[i], columns[i], ncolumns[i], NULL);
-		TupleTableSlot *slot = kt->newslot;
-
-		kt_clear_newslot(kt);
-		slot->tts_values[OUTBOX_ID] = UUIDPGetDatum(id);
-		slot->tts_isnull[OUTBOX_ID] = false;
-		ExecStoreVirtualTuple(slot);
-		if (kt_fetch_visible(kt))
-		{
-			EoMessage	msg;
-
-			check_message_access(kt, publisher_columns[i], id);
-			eo_message_from_slot(&msg, kt->oldslot);
-			MemoryContextSwitchTo(kt->callercxt);
-			envelope = eo_envelope(&msg, 0);
-			MemoryContextSwitchTo(kt->estate->es_query_cxt);
-		}
-		kt_close(kt);
+		for (int i = 0; i < lengthof(log_tables) && envelope == NULL; i++)
+			envelope = find_message(log_tables[i], message_log_columns, LOG_NCOLUMNS,
+									LOG_PUBLISHED_BY, id);
 	}
+	else if (envelope == NULL)
+		envelope = find_message(old_log_table, message_log_columns, LOG_NCOLUMNS,
+								LOG_PUBLISHED_BY, id);
 
 	if (envelope == NULL)
 		PG_RETURN_NULL();

@@ -193,6 +193,13 @@ COMMENT ON COLUMN eo.outbox.published_by IS
 -- Every routed message, kept eo.outbox_retention after routing for audit
 -- and replay (longer while a delivery of it is unfinished).
 -- destinations = number of subscriptions it matched; 0 = unrouted.
+--
+-- The log rotates over three tables (its partitions, one per slot):
+-- routing writes into the current slot, and the housekeeping
+-- (eo.purge_delivered) empties the next slot with TRUNCATE once everything
+-- in it is older than the retention and every cursor has passed it, then
+-- makes it current.  No row is deleted one by one; rows that a delivery
+-- still needs (retrying, held, dead) are copied to the current slot first.
 CREATE TABLE eo.message_log (
     id           uuid NOT NULL,
     published_at timestamptz NOT NULL,
@@ -206,18 +213,39 @@ CREATE TABLE eo.message_log (
     published_by regrole,             -- NULL: published before 0.4.1
     seq          bigint,              -- position in the log; NULL: routed before 0.5.0
     routes       integer[],           -- destinations it was routed to (ids)
-    CONSTRAINT message_log_pkey PRIMARY KEY (id)
-);
-CREATE INDEX message_log_routed_at ON eo.message_log (routed_at);
+    slot         smallint NOT NULL    -- the table it is in
+) PARTITION BY LIST (slot);
+CREATE TABLE eo.message_log_0 PARTITION OF eo.message_log
+    (CONSTRAINT message_log_0_pkey PRIMARY KEY (id)) FOR VALUES IN (0);
+CREATE TABLE eo.message_log_1 PARTITION OF eo.message_log
+    (CONSTRAINT message_log_1_pkey PRIMARY KEY (id)) FOR VALUES IN (1);
+CREATE TABLE eo.message_log_2 PARTITION OF eo.message_log
+    (CONSTRAINT message_log_2_pkey PRIMARY KEY (id)) FOR VALUES IN (2);
 CREATE INDEX message_log_seq ON eo.message_log (seq);
 COMMENT ON TABLE eo.message_log IS
-    'Routed messages, kept eo.outbox_retention for audit and replay';
+    'Routed messages, kept eo.outbox_retention for audit and replay (rotating over three partitions)';
 COMMENT ON COLUMN eo.message_log.published_by IS
     'the role that published the message (current_user of eo.publish)';
 COMMENT ON COLUMN eo.message_log.seq IS
     'position in the log: routing transactions take positions in the order they commit';
 COMMENT ON COLUMN eo.message_log.routes IS
     'the ids of the destinations the message was routed to';
+COMMENT ON COLUMN eo.message_log.slot IS
+    'the partition the message is in (eo.message_log_rotation.current_slot when routed)';
+
+-- Where the log rotates: one row, made by the first eo.purge_delivered()
+-- (until then routing writes into slot 0).  Dumped by pg_dump, so that a
+-- restored log goes on rotating where it was.
+CREATE TABLE eo.message_log_rotation (
+    current_slot smallint NOT NULL,
+    switched_at  timestamptz NOT NULL,
+    one_row      boolean NOT NULL DEFAULT true,
+    CONSTRAINT message_log_rotation_pkey PRIMARY KEY (one_row),
+    CONSTRAINT message_log_rotation_one_row CHECK (one_row),
+    CONSTRAINT message_log_rotation_slot CHECK (current_slot BETWEEN 0 AND 2)
+);
+COMMENT ON TABLE eo.message_log_rotation IS
+    'the slot of eo.message_log that routing writes into, and since when';
 
 -- Positions in the log.  The relay's routing transactions are serialised
 -- (a lock on this sequence), so positions follow commit order and each
@@ -238,7 +266,10 @@ CREATE TABLE eo.outbox_key (
 
 -- pg_dump keeps pending messages, the message log and the key rows.
 SELECT pg_catalog.pg_extension_config_dump('eo.outbox', '');
-SELECT pg_catalog.pg_extension_config_dump('eo.message_log', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.message_log_0', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.message_log_1', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.message_log_2', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.message_log_rotation', '');
 SELECT pg_catalog.pg_extension_config_dump('eo.message_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('eo.outbox_key', '');
 
@@ -840,13 +871,27 @@ CREATE VIEW eo.unrouted AS
 COMMENT ON VIEW eo.unrouted IS
     'routed messages that matched no subscription (eo.route_unrouted delivers them, until eo.outbox_retention purges them)';
 
--- Deletes routed messages older than eo.outbox_retention that have no
--- unfinished delivery and that every cursor has passed (at most max_rows,
--- all when NULL), and key rows idle
--- for as long, and HTTP attempts older than eo.outbox_retention (at most
--- max_rows of them too); returns how many messages it deleted.  A negative
--- max_rows is refused.  The relay calls it as housekeeping; operators may
--- too.
+-- The housekeeping of the relay's tables; the relay calls it, operators
+-- may too.  Returns how many messages left the log.
+--
+-- The log (eo.message_log) loses whole slots: the next slot after the
+-- current one is emptied with TRUNCATE and becomes current when
+--   - the current slot has been current for half of eo.outbox_retention,
+--   - the last message routed into the next slot is older than
+--     eo.outbox_retention (so every message is kept at least that long),
+--   - every destination's cursor has passed every message routed to it
+--     there (a lagging or disabled destination holds the rotation back;
+--     the current slot grows meanwhile), and
+--   - no other session has the slot open (LOCK ... NOWAIT; else the next
+--     call tries again).
+-- Messages a delivery still needs (retrying, held behind a key, dead)
+-- are copied to the current slot first.  With a retention of 0 one call
+-- may turn all three slots.
+--
+-- HTTP attempts older than eo.outbox_retention and key rows idle for as
+-- long are deleted row by row (at most max_rows attempts; all when NULL):
+-- both are small (attempts are logged for failures unless log_attempts is
+-- 'all').  A negative max_rows is refused.
 CREATE FUNCTION eo.purge_delivered(max_rows bigint DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -854,54 +899,89 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    n bigint;
+    retention interval := pg_catalog.current_setting('eo.outbox_retention')::pg_catalog.interval;
+    horizon timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) retention;
+    removed bigint := 0;
+    rot record;
+    next_slot smallint;
+    part text;
+    newest timestamptz;
+    pinned boolean;
+    kept bigint;
+    total bigint;
 BEGIN
     IF max_rows OPERATOR(pg_catalog.<) 0 THEN
         RAISE EXCEPTION 'max_rows must not be negative' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    WITH horizon AS (
-        SELECT pg_catalog.now() OPERATOR(pg_catalog.-)
-                   pg_catalog.current_setting('eo.outbox_retention')::pg_catalog.interval AS before
-    ), doomed AS (
-        SELECT m.ctid AS tid
-          FROM eo.message_log AS m, horizon AS h
-         WHERE m.routed_at OPERATOR(pg_catalog.<) h.before
-           AND NOT EXISTS (SELECT 1 FROM eo.delivery AS d
-                            WHERE d.message_id OPERATOR(pg_catalog.=) m.id)
-           AND NOT EXISTS (SELECT 1 FROM eo.destination_stats AS s
-                            WHERE s.destination_id OPERATOR(pg_catalog.=) ANY (m.routes)
-                              AND s.delivered_seq OPERATOR(pg_catalog.<) m.seq)
-         ORDER BY m.routed_at
-         LIMIT max_rows
-    ), deleted AS (
-        DELETE FROM eo.message_log AS m
-         USING doomed
-         WHERE m.ctid OPERATOR(pg_catalog.=) doomed.tid
-        RETURNING 1
-    ), keys AS (
-        DELETE FROM eo.outbox_key AS k
-         USING horizon AS h
-         WHERE k.last_used OPERATOR(pg_catalog.<) h.before
-           AND NOT EXISTS (SELECT 1 FROM eo.outbox AS o
-                            WHERE o.key OPERATOR(pg_catalog.=) k.key)
-        RETURNING 1
-    ), old_attempts AS (
+
+    INSERT INTO eo.message_log_rotation (current_slot, switched_at)
+    VALUES (0, pg_catalog.now()) ON CONFLICT DO NOTHING;
+    FOR turn IN 1..3 LOOP
+        -- One rotation at a time (the relay and operators may both call).
+        SELECT current_slot, switched_at INTO rot
+          FROM eo.message_log_rotation FOR UPDATE;
+        EXIT WHEN NOT FOUND;
+        EXIT WHEN rot.switched_at OPERATOR(pg_catalog.>)
+                  (pg_catalog.now() OPERATOR(pg_catalog.-) (retention OPERATOR(pg_catalog./) 2));
+        next_slot := (rot.current_slot OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.%) 3;
+        part := pg_catalog.format('eo.message_log_%s', next_slot);
+        -- The last message routed into it (positions follow routing; rows
+        -- routed before 0.5.0 have none).
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.max(t.routed_at) FROM ('
+            '  (SELECT routed_at FROM %s ORDER BY seq DESC NULLS LAST LIMIT 1)'
+            '  UNION ALL (SELECT routed_at FROM %s WHERE seq IS NULL)) AS t', part, part)
+          INTO newest;
+        EXIT WHEN newest OPERATOR(pg_catalog.>) horizon;
+        EXECUTE pg_catalog.format(
+            'SELECT EXISTS (SELECT 1 FROM eo.destination_stats AS s'
+            '                WHERE EXISTS (SELECT 1 FROM %s AS m'
+            '                               WHERE m.seq OPERATOR(pg_catalog.>) s.delivered_seq'
+            '                                 AND s.destination_id OPERATOR(pg_catalog.=) ANY (m.routes)))',
+            part)
+          INTO pinned;
+        EXIT WHEN pinned;
+        BEGIN
+            EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
+        EXCEPTION WHEN lock_not_available THEN
+            EXIT;
+        END;
+        EXECUTE pg_catalog.format(
+            'INSERT INTO eo.message_log (id, published_at, topic, key, headers, payload,'
+            '                            payload_text, routed_at, destinations, published_by,'
+            '                            seq, routes, slot)'
+            ' SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,'
+            '        m.payload_text, m.routed_at, m.destinations, m.published_by,'
+            '        m.seq, m.routes, $1'
+            '   FROM %s AS m'
+            '  WHERE m.id IN (SELECT d.message_id FROM eo.delivery AS d)', part)
+          USING rot.current_slot;
+        GET DIAGNOSTICS kept = ROW_COUNT;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s', part) INTO total;
+        EXECUTE pg_catalog.format('TRUNCATE %s', part);
+        UPDATE eo.message_log_rotation
+           SET current_slot = next_slot, switched_at = pg_catalog.now();
+        removed := removed OPERATOR(pg_catalog.+) total OPERATOR(pg_catalog.-) kept;
+    END LOOP;
+
+    DELETE FROM eo.outbox_key AS k
+     WHERE k.last_used OPERATOR(pg_catalog.<) horizon
+       AND NOT EXISTS (SELECT 1 FROM eo.outbox AS o
+                        WHERE o.key OPERATOR(pg_catalog.=) k.key);
+    WITH old_attempts AS (
         SELECT a.ctid AS tid
-          FROM eo.http_attempt AS a, horizon AS h
-         WHERE a.attempted_at OPERATOR(pg_catalog.<) h.before
+          FROM eo.http_attempt AS a
+         WHERE a.attempted_at OPERATOR(pg_catalog.<) horizon
          ORDER BY a.attempted_at
          LIMIT max_rows
-    ), attempts AS (
-        DELETE FROM eo.http_attempt AS a
-         USING old_attempts
-         WHERE a.ctid OPERATOR(pg_catalog.=) old_attempts.tid
-        RETURNING 1
     )
-    SELECT pg_catalog.count(*) INTO n FROM deleted;
-    RETURN n;
+    DELETE FROM eo.http_attempt AS a
+     USING old_attempts
+     WHERE a.ctid OPERATOR(pg_catalog.=) old_attempts.tid;
+    RETURN removed;
 END $$;
 COMMENT ON FUNCTION eo.purge_delivered(bigint) IS
-    'deletes routed messages and HTTP attempts older than eo.outbox_retention (at most max_rows each) and idle key rows';
+    'empties the oldest slot of eo.message_log when everything in it is older than eo.outbox_retention and delivered (TRUNCATE), and deletes older HTTP attempts (at most max_rows) and idle key rows; returns how many messages left the log';
 
 ----------------------------------------------------------------------
 -- Idempotency keys
@@ -1681,6 +1761,7 @@ REVOKE ALL ON SCHEMA eo FROM PUBLIC;
 REVOKE ALL ON TABLE
     eo.inbox, eo.producer_seq,
     eo.outbox, eo.message_log, eo.outbox_key,
+    eo.message_log_0, eo.message_log_1, eo.message_log_2, eo.message_log_rotation,
     eo.destination, eo.subscription, eo.destination_stats,
     eo.delivery, eo.http_attempt,
     eo.idempotency_key

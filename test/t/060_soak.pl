@@ -228,11 +228,15 @@ SELECT app.complete('ik-' || :kb || '-' || :ik, :fence);
 \\endif
 };
 
-# Row versions written to the extension's tables, their sizes and the
+# Row versions written to the extension's tables (the slots of the log
+# counted as one table), their sizes and the
 # relay's memory.
 my @tables = qw(outbox message_log delivery http_attempt inbox idempotency_key);
 my $tables_sql = 'SELECT ' . join(', ',
-	map { "pg_total_relation_size('eo.$_'), (SELECT count(*) FROM eo.$_)" } @tables);
+	map {
+		"(SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('eo.$_')),"
+		  . " (SELECT count(*) FROM eo.$_)"
+	} @tables);
 sub sample
 {
 	my ($t) = @_;
@@ -315,7 +319,9 @@ push @samples, my $at_end = sample($load_seconds);
 my (%inserted, %written);
 for (split /\n/,
 	$node->safe_psql('postgres',
-		q{SELECT relname, n_tup_ins, n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE schemaname = 'eo'}))
+		q{SELECT regexp_replace(relname, '^(message_log)_[0-9]+$', '\1'),
+		         sum(n_tup_ins), sum(n_tup_ins + n_tup_upd)
+		    FROM pg_stat_user_tables WHERE schemaname = 'eo' GROUP BY 1}))
 {
 	my ($table, $ins, $versions) = split /\|/;
 	($inserted{$table}, $written{$table}) = ($ins, $versions);

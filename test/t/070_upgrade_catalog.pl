@@ -80,6 +80,22 @@ my %load = (
 		SELECT eo.key_complete('key-1', '{"status": 201}');
 		SELECT fence FROM eo.key_begin('key-2', '{"amount": 2}', 'payments');
 		SELECT eo.key_checkpoint('key-2', 'charged', 'payments');
+	},
+	'0.6.0' => q{
+		-- Routed by hand into slots 1 and 2 of the log, as after two turns
+		-- of its rotation.
+		SELECT eo.publish('orders.created', '{"n": 3}'::jsonb, 'k2');
+		SELECT eo.publish('orders.created', '{"n": 4}'::jsonb, 'k3');
+		WITH m AS (DELETE FROM eo.outbox WHERE key IN ('k2', 'k3') RETURNING *)
+		INSERT INTO eo.message_log (id, published_at, topic, key, headers, payload,
+		                            payload_text, routed_at, destinations, published_by,
+		                            seq, routes, slot)
+		SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload, m.payload_text,
+		       now(), 1, m.published_by, nextval('eo.message_seq'),
+		       ARRAY[(SELECT id FROM eo.destination WHERE name = 'n1')],
+		       CASE m.key WHEN 'k2' THEN 1 ELSE 2 END
+		  FROM m ORDER BY m.id;
+		INSERT INTO eo.message_log_rotation (current_slot, switched_at) VALUES (2, now());
 	},);
 
 my $node = eo_new_node('upgrade');
@@ -199,7 +215,7 @@ is( $node->safe_psql(
 		'upgraded', q{
 		SELECT eo.process('m-1'), eo.result('m-1'), eo.process_seq('producer-1', 7),
 		       (SELECT count(*) FROM eo.outbox), (SELECT count(*) FROM eo.message_log)}),
-	'f|{"charged": 100}|f|1|2',
+	'f|{"charged": 100}|f|1|4',
 	'upgraded: inbox, producer marks, outbox and message log answer as before');
 is( $node->safe_psql(
 		'upgraded', q{
