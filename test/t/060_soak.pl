@@ -234,7 +234,8 @@ SELECT app.complete('ik-' || :kb || '-' || :ik, :fence);
 my @tables = qw(outbox message_log delivery http_attempt inbox idempotency_key);
 my $tables_sql = 'SELECT ' . join(', ',
 	map {
-		"(SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('eo.$_')),"
+		"pg_total_relation_size('eo.$_') + coalesce((SELECT sum(pg_total_relation_size(relid))"
+		  . " FROM pg_partition_tree('eo.$_') WHERE relid <> 'eo.$_'::regclass), 0),"
 		  . " (SELECT count(*) FROM eo.$_)"
 	} @tables);
 sub sample
