@@ -22,22 +22,29 @@
  *		captures the subject), not connected, any other JetStream error
  *												   retry on the schedule
  *
- *	  Threads: libnats runs its own threads (connecting, reading, flushing,
- *	  one per subscription for its callbacks).  Nothing of PostgreSQL runs
- *	  on them: the acknowledgement callback copies the answer with malloc
- *	  into a queue under a pthread mutex and writes a byte to a self-pipe.
- *	  The pipe's read end is the one socket this sink asks the relay's
- *	  WaitEventSet to watch; collect() drains the queue on the relay's
- *	  thread, matches answers to sends, and classifies them.  The
- *	  credential callbacks (JWT, nonce signature) use only malloc'd copies
- *	  owned by their connection.
+ *	  Threads: libnats runs its own threads (reading, flushing,
+ *	  reconnecting, one per subscription for its callbacks), and the sink
+ *	  starts two kinds of its own: a connector per connection (libnats's
+ *	  connect can wait a long time for servers that accept a connection and
+ *	  never answer) and a closer for a connection replaced by new options.
+ *	  Nothing of PostgreSQL runs on any of them: the acknowledgement
+ *	  callback copies the answer with malloc into a queue under a pthread
+ *	  mutex and writes a byte to a self-pipe; the connector publishes its
+ *	  result under the same mutex and writes a byte too.  The pipe's read
+ *	  end is the one socket this sink asks the relay's WaitEventSet to
+ *	  watch; collect() drains the queue on the relay's thread, matches
+ *	  answers to sends, publishes what waited for the connection, and
+ *	  classifies.  The credential callbacks (JWT, nonce signature) use only
+ *	  malloc'd copies owned by their connection.
  *
- *	  Connections: one per destination, made when its first message starts
- *	  and replaced when its options change.  Connecting never stalls the
- *	  loop for long: the first attempt waits at most NATS_CONNECT_TIMEOUT_MS
- *	  per server, and libnats retries in the background (messages published
- *	  meanwhile are buffered, and retried with the same id if their
- *	  acknowledgement does not come in time).
+ *	  Connections: one per destination, started when its first message
+ *	  starts, replaced when its options change or its connect failed.  The
+ *	  relay's thread never waits for a server: messages built before the
+ *	  connection is ready wait in the sink (their timeout_ms runs), libnats
+ *	  reconnects in the background (publishes meanwhile are buffered and
+ *	  retried with the same id if their acknowledgement does not come in
+ *	  time), and at exit connections that are not connected are left to the
+ *	  process's end instead of being closed.
  *
  *	  Memory: a send's private state (NatsPub) lives in nats_cxt until the
  *	  relay releases the send; connections and their copies of secrets are
@@ -82,17 +89,34 @@ typedef struct NatsAnswer
 	char		data[FLEXIBLE_ARRAY_MEMBER];	/* NUL-terminated */
 } NatsAnswer;
 
-/* The connection of one destination (malloc'd: its secrets too). */
+/* Where a connection stands (shared with its connector thread). */
+typedef enum NatsConnState
+{
+	CONN_CONNECTING,			/* the connector thread runs */
+	CONN_READY,					/* nc and sub are set */
+	CONN_FAILED					/* libnats refused: error says why */
+} NatsConnState;
+
+/*
+ * The connection of one destination (malloc'd, secrets included).  state,
+ * nc, sub, error and retired are written under shared_lock while the
+ * connector thread runs; after that only the relay's thread uses them.
+ */
 typedef struct NatsConn
 {
 	struct NatsConn *next;
 	int32		dest_id;
 	char	   *fingerprint;	/* the options it was made with */
-	natsConnection *nc;
-	natsSubscription *sub;
+	natsOptions *opts;			/* until the connector has used them */
 	char	   *inbox;			/* "_INBOX.<nuid>" */
+	char	   *inbox_wildcard; /* "_INBOX.<nuid>.*" */
 	char	   *jwt;			/* credentials, for the callbacks */
 	char	   *seed;
+	NatsConnState state;
+	bool		retired;		/* replaced: the connector frees it */
+	char	   *error;			/* CONN_FAILED */
+	natsConnection *nc;
+	natsSubscription *sub;
 } NatsConn;
 
 /* A send on the wire (the send's private state), in nats_cxt. */
@@ -100,7 +124,8 @@ typedef struct NatsPub
 {
 	uint64		token;			/* key of "pending" */
 	SinkSend   *send;
-	NatsConn   *conn;
+	NatsConn   *conn;			/* NULL once its connection was replaced */
+	natsMsg    *msg;			/* built, waiting for the connection */
 	TimestampTz started;
 	TimestampTz deadline;
 	int			timeout_ms;
@@ -119,12 +144,26 @@ static HTAB *pending = NULL;	/* token -> NatsPub, on the relay's thread */
 static uint64 next_token = 1;
 static NatsConn *conns = NULL;
 
-/* Shared with libnats threads: the answers queue and the self-pipe. */
-static pthread_mutex_t answers_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * Shared with libnats's threads and ours: the answers queue, the states of
+ * connections, the count of our threads still running, and the self-pipe.
+ */
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
 static NatsAnswer *answers_head = NULL;
 static NatsAnswer *answers_tail = NULL;
+static int	threads_running = 0;
 static int	wake_pipe[2] = {-1, -1};
 static SinkSocket wake_socket;
+
+/* Wake the relay (any thread): a full pipe already holds a wake-up. */
+static void
+wake_relay(void)
+{
+	char		byte = 0;
+
+	if (write(wake_pipe[1], &byte, 1) < 0)
+		return;
+}
 
 /*
  * on_answer
@@ -138,7 +177,6 @@ on_answer(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure
 	const char *dot = subject ? strrchr(subject, '.') : NULL;
 	int			len = natsMsg_GetDataLength(msg);
 	NatsAnswer *a;
-	char		byte = 0;
 
 	if (dot == NULL || len < 0)
 	{
@@ -160,16 +198,14 @@ on_answer(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure
 	a->data[len] = '\0';
 	natsMsg_Destroy(msg);
 
-	pthread_mutex_lock(&answers_lock);
+	pthread_mutex_lock(&shared_lock);
 	if (answers_tail != NULL)
 		answers_tail->next = a;
 	else
 		answers_head = a;
 	answers_tail = a;
-	pthread_mutex_unlock(&answers_lock);
-	/* A full pipe already holds a wake-up: nothing to do then. */
-	if (write(wake_pipe[1], &byte, 1) < 0)
-		return;
+	pthread_mutex_unlock(&shared_lock);
+	wake_relay();
 }
 
 /* libnats credential callback (a libnats thread): a copy of the JWT. */
@@ -192,37 +228,207 @@ sign_nonce(char **errtxt, unsigned char **sig, int *siglen, const char *nonce,
 	return nats_Sign(c->seed, nonce, sig, siglen);
 }
 
-/* Close and free a connection (the relay's thread). */
+/* Free a connection's memory (any thread; libnats objects already gone). */
 static void
-conn_free(NatsConn *c)
+conn_free_memory(NatsConn *c)
 {
-	if (c->sub != NULL)
-		natsSubscription_Destroy(c->sub);
-	if (c->nc != NULL)
-	{
-		natsConnection_Close(c->nc);
-		natsConnection_Destroy(c->nc);
-	}
+	if (c->opts != NULL)
+		natsOptions_Destroy(c->opts);
 	natsInbox_Destroy(c->inbox);
+	free(c->inbox_wildcard);
 	free(c->fingerprint);
 	free(c->jwt);
 	free(c->seed);
+	free(c->error);
 	free(c);
 }
 
-/* on_proc_exit callback: close the connections and let libnats go. */
+/* Close a connection's libnats objects and free it (any thread). */
+static void
+conn_close_and_free(NatsConn *c)
+{
+	if (c->nc != NULL)
+		natsConnection_Close(c->nc);
+	if (c->sub != NULL)
+		natsSubscription_Destroy(c->sub);
+	if (c->nc != NULL)
+		natsConnection_Destroy(c->nc);
+	conn_free_memory(c);
+}
+
+/* Leave a thread of ours: one fewer running. */
+static void
+thread_done(void)
+{
+	pthread_mutex_lock(&shared_lock);
+	threads_running--;
+	pthread_mutex_unlock(&shared_lock);
+}
+
+/*
+ * connector
+ *		Our thread that connects (libnats may wait long for servers that
+ *		accept connections and never answer: never on the relay's thread).
+ *		Publishes the result under shared_lock and wakes the relay; frees
+ *		everything if the connection was replaced meanwhile.  Nothing of
+ *		PostgreSQL runs here.
+ */
+static void *
+connector(void *arg)
+{
+	NatsConn   *c = arg;
+	natsConnection *nc = NULL;
+	natsSubscription *sub = NULL;
+	natsStatus	s;
+	bool		retired;
+	char		error[512];
+
+	s = natsConnection_Connect(&nc, c->opts);
+	if (s == NATS_NOT_YET_CONNECTED)
+		s = NATS_OK;			/* libnats goes on trying in the background */
+	if (s == NATS_OK)
+		s = natsConnection_Subscribe(&sub, nc, c->inbox_wildcard, on_answer, NULL);
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(sub, -1, -1);
+	if (s != NATS_OK)
+	{
+		const char *last = nats_GetLastError(NULL);
+
+		snprintf(error, sizeof(error), "could not connect to the NATS servers: %s",
+				 last != NULL && last[0] != '\0' ? last : natsStatus_GetText(s));
+	}
+
+	pthread_mutex_lock(&shared_lock);
+	retired = c->retired;
+	if (!retired && s == NATS_OK)
+	{
+		c->nc = nc;
+		c->sub = sub;
+		c->state = CONN_READY;
+	}
+	else if (!retired)
+	{
+		c->error = strdup(error);
+		c->state = CONN_FAILED;
+	}
+	pthread_mutex_unlock(&shared_lock);
+
+	if (retired || s != NATS_OK)
+	{
+		if (nc != NULL)
+			natsConnection_Close(nc);
+		if (sub != NULL)
+			natsSubscription_Destroy(sub);
+		if (nc != NULL)
+			natsConnection_Destroy(nc);
+	}
+	if (retired)
+		conn_free_memory(c);
+	else
+		wake_relay();
+	thread_done();
+	return NULL;
+}
+
+/* Our thread that closes a replaced connection without holding up the relay. */
+static void *
+closer(void *arg)
+{
+	conn_close_and_free(arg);
+	thread_done();
+	return NULL;
+}
+
+/* Start a detached thread of ours; false if it could not be started. */
+static bool
+start_thread(void *(*fn) (void *), void *arg)
+{
+	pthread_t	t;
+	pthread_attr_t attr;
+	bool		ok;
+
+	pthread_mutex_lock(&shared_lock);
+	threads_running++;
+	pthread_mutex_unlock(&shared_lock);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	ok = (pthread_create(&t, &attr, fn, arg) == 0);
+	pthread_attr_destroy(&attr);
+	if (!ok)
+		thread_done();
+	return ok;
+}
+
+/*
+ * conn_retire
+ *		Let go of a connection (the relay's thread, never blocking): the
+ *		connector frees it if it still runs, else a closer thread does.
+ *		If no thread can be started it is left as it is (a leak, not a
+ *		stall).
+ */
+static void
+conn_retire(NatsConn *c)
+{
+	bool		connecting;
+
+	pthread_mutex_lock(&shared_lock);
+	connecting = (c->state == CONN_CONNECTING);
+	if (connecting)
+		c->retired = true;
+	pthread_mutex_unlock(&shared_lock);
+	if (connecting)
+		return;
+	if (c->nc == NULL)
+		conn_free_memory(c);
+	else
+		(void) start_thread(closer, c);
+}
+
+/* The state of a connection, read under the lock. */
+static NatsConnState
+conn_state(NatsConn *c)
+{
+	NatsConnState st;
+
+	pthread_mutex_lock(&shared_lock);
+	st = c->state;
+	pthread_mutex_unlock(&shared_lock);
+	return st;
+}
+
+/*
+ * nats_cleanup
+ *		on_proc_exit callback: close the connections and let libnats go,
+ *		unless a thread of ours still runs or a connection is not connected
+ *		(closing it could wait for servers that do not answer): then the
+ *		process exits with them, and shutdown stays prompt.
+ */
 static void
 nats_cleanup(int code, Datum arg)
 {
+	bool		clean = true;
+
+	pthread_mutex_lock(&shared_lock);
+	if (threads_running > 0)
+		clean = false;
+	pthread_mutex_unlock(&shared_lock);
+	for (NatsConn *c = conns; c != NULL && clean; c = c->next)
+	{
+		if (conn_state(c) == CONN_CONNECTING ||
+			(c->nc != NULL && natsConnection_Status(c->nc) != NATS_CONN_STATUS_CONNECTED))
+			clean = false;
+	}
+	if (!clean)
+		return;
 	while (conns != NULL)
 	{
 		NatsConn   *c = conns;
 
 		conns = c->next;
-		conn_free(c);
+		conn_close_and_free(c);
 	}
 	nats_CloseAndWait(1000);
-	pthread_mutex_lock(&answers_lock);
+	pthread_mutex_lock(&shared_lock);
 	while (answers_head != NULL)
 	{
 		NatsAnswer *a = answers_head;
@@ -231,7 +437,7 @@ nats_cleanup(int code, Datum arg)
 		free(a);
 	}
 	answers_tail = NULL;
-	pthread_mutex_unlock(&answers_lock);
+	pthread_mutex_unlock(&shared_lock);
 }
 
 /* Set up libnats, the self-pipe and the pending table the first time. */
@@ -272,12 +478,11 @@ nats_init(void)
 	nats_ready = true;
 }
 
-/* The text of libnats's last error, or of a status; palloc'd. */
+/* The text of libnats's last error on this thread, or of a status; palloc'd. */
 static char *
 nats_error_text(const char *what, natsStatus s)
 {
-	natsStatus	last;
-	const char *text = nats_GetLastError(&last);
+	const char *text = nats_GetLastError(NULL);
 
 	if (text == NULL || text[0] == '\0')
 		text = natsStatus_GetText(s);
@@ -286,23 +491,23 @@ nats_error_text(const char *what, natsStatus s)
 
 /*
  * conn_open
- *		Make the connection of "dest" (the relay's thread).  Returns NULL
- *		and sets *error if libnats refused the options; a server that is
- *		unreachable is not an error (libnats keeps trying).
+ *		Start connecting "dest" (the relay's thread; returns at once): the
+ *		options and the inbox are made here, the connection by a connector
+ *		thread.  Returns NULL and sets *error if libnats refused the
+ *		options or no thread could be started.
  */
 static NatsConn *
 conn_open(const DestinationConfig *dest, const char *fingerprint, char **error)
 {
 	NatsOptions *o = NATS_OPTIONS(dest);
-	natsOptions *opts = NULL;
 	NatsConn   *c = calloc(1, sizeof(NatsConn));
 	natsStatus	s;
 	bool		secure = false;
-	char	   *subject;
 
 	if (c == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 	c->dest_id = dest->id;
+	c->state = CONN_CONNECTING;
 	c->fingerprint = strdup(fingerprint);
 	if (o->jwt != NULL)
 	{
@@ -311,59 +516,57 @@ conn_open(const DestinationConfig *dest, const char *fingerprint, char **error)
 	}
 	if (c->fingerprint == NULL || (o->jwt != NULL && (c->jwt == NULL || c->seed == NULL)))
 	{
-		conn_free(c);
+		conn_free_memory(c);
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 	}
 	for (int i = 0; i < o->nservers; i++)
 		secure |= (strncmp(o->servers[i], "tls://", 6) == 0);
 
-	s = natsOptions_Create(&opts);
+	s = natsInbox_Create(&c->inbox);
 	if (s == NATS_OK)
-		s = natsOptions_SetServers(opts, (const char **) o->servers, o->nservers);
+	{
+		c->inbox_wildcard = malloc(strlen(c->inbox) + 3);
+		if (c->inbox_wildcard == NULL)
+			s = NATS_NO_MEMORY;
+		else
+			sprintf(c->inbox_wildcard, "%s.*", c->inbox);
+	}
 	if (s == NATS_OK)
-		s = natsOptions_SetName(opts, "eo_processing relay");
+		s = natsOptions_Create(&c->opts);
 	if (s == NATS_OK)
-		s = natsOptions_SetTimeout(opts, Min(o->timeout_ms, NATS_CONNECT_TIMEOUT_MS));
+		s = natsOptions_SetServers(c->opts, (const char **) o->servers, o->nservers);
 	if (s == NATS_OK)
-		s = natsOptions_SetRetryOnFailedConnect(opts, true, NULL, NULL);
+		s = natsOptions_SetName(c->opts, "eo_processing relay");
 	if (s == NATS_OK)
-		s = natsOptions_SetMaxReconnect(opts, -1);
+		s = natsOptions_SetTimeout(c->opts, Min(o->timeout_ms, NATS_CONNECT_TIMEOUT_MS));
 	if (s == NATS_OK)
-		s = natsOptions_SetReconnectWait(opts, NATS_RECONNECT_WAIT_MS);
+		s = natsOptions_SetRetryOnFailedConnect(c->opts, true, NULL, NULL);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxReconnect(c->opts, -1);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectWait(c->opts, NATS_RECONNECT_WAIT_MS);
 	if (s == NATS_OK && secure)
-		s = natsOptions_SetSecure(opts, true);
+		s = natsOptions_SetSecure(c->opts, true);
 	if (s == NATS_OK && secure && !o->tls_verify)
-		s = natsOptions_SkipServerVerification(opts, true);
+		s = natsOptions_SkipServerVerification(c->opts, true);
 	if (s == NATS_OK && o->token != NULL)
-		s = natsOptions_SetToken(opts, o->token);
+		s = natsOptions_SetToken(c->opts, o->token);
 	if (s == NATS_OK && o->user != NULL)
-		s = natsOptions_SetUserInfo(opts, o->user, o->password);
+		s = natsOptions_SetUserInfo(c->opts, o->user, o->password);
 	if (s == NATS_OK && c->jwt != NULL)
-		s = natsOptions_SetUserCredentialsCallbacks(opts, give_jwt, c, sign_nonce, c);
-	if (s == NATS_OK)
-	{
-		s = natsConnection_Connect(&c->nc, opts);
-		if (s == NATS_NOT_YET_CONNECTED)
-			s = NATS_OK;
-	}
-	if (s == NATS_OK)
-		s = natsInbox_Create(&c->inbox);
-	if (s == NATS_OK)
-	{
-		subject = psprintf("%s.*", c->inbox);
-		s = natsConnection_Subscribe(&c->sub, c->nc, subject, on_answer, NULL);
-		pfree(subject);
-	}
-	if (s == NATS_OK && c->sub != NULL)
-		s = natsSubscription_SetPendingLimits(c->sub, -1, -1);
+		s = natsOptions_SetUserCredentialsCallbacks(c->opts, give_jwt, c, sign_nonce, c);
 	if (s != NATS_OK)
 	{
 		*error = nats_error_text("could not set up the connection to the NATS servers", s);
-		natsOptions_Destroy(opts);
-		conn_free(c);
+		conn_free_memory(c);
 		return NULL;
 	}
-	natsOptions_Destroy(opts);
+	if (!start_thread(connector, c))
+	{
+		*error = pstrdup("could not start a thread to connect to the NATS servers");
+		conn_free_memory(c);
+		return NULL;
+	}
 	return c;
 }
 
@@ -371,8 +574,7 @@ conn_open(const DestinationConfig *dest, const char *fingerprint, char **error)
  * options_fingerprint
  *		Everything a connection is made from, as one string (palloc'd), to
  *		notice that a destination's options changed.  Fields are separated
- *		by a character no option may contain (NUL-free strings, and "\n"
- *		cannot appear in servers, subject, stream or user).
+ *		by "\n", which no option used here may contain.
  */
 static char *
 options_fingerprint(const NatsOptions *o)
@@ -382,19 +584,20 @@ options_fingerprint(const NatsOptions *o)
 	initStringInfo(&buf);
 	for (int i = 0; i < o->nservers; i++)
 		appendStringInfo(&buf, "%s,", o->servers[i]);
-	appendStringInfo(&buf, "\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%d\n%d",
-					 o->subject ? o->subject : "", o->stream ? o->stream : "",
+	appendStringInfo(&buf, "\n%s\n%s\n%s\n%s\n%s\n%s\n%d\n%d",
 					 o->jwt ? o->jwt : "", o->seed ? o->seed : "",
 					 o->token ? o->token : "", o->user ? o->user : "",
-					 o->password ? o->password : "", (int) o->tls_verify, o->timeout_ms);
+					 o->password ? o->password : "", o->stream ? o->stream : "",
+					 (int) o->tls_verify, o->timeout_ms);
 	return buf.data;
 }
 
 /*
  * conn_for
- *		The connection of "dest", made or remade if its options changed.
- *		Sends still waiting on a replaced connection are finished by
- *		collect() as retries.  NULL with *error when it cannot be made.
+ *		The connection of "dest", started or restarted if its options
+ *		changed, or if the last attempt failed.  Sends still waiting on a
+ *		replaced connection are finished by collect() as retries.  NULL
+ *		with *error when it cannot be started.
  */
 static NatsConn *
 conn_for(const DestinationConfig *dest, char **error)
@@ -408,7 +611,8 @@ conn_for(const DestinationConfig *dest, char **error)
 		if (c->dest_id == dest->id)
 			break;
 	}
-	if (c != NULL && strcmp(c->fingerprint, fingerprint) == 0)
+	if (c != NULL && strcmp(c->fingerprint, fingerprint) == 0 &&
+		conn_state(c) != CONN_FAILED)
 		return c;
 	if (c != NULL)
 	{
@@ -426,7 +630,7 @@ conn_for(const DestinationConfig *dest, char **error)
 			}
 		}
 		*link = c->next;
-		conn_free(c);
+		conn_retire(c);
 	}
 	c = conn_open(dest, fingerprint, error);
 	if (c != NULL)
@@ -519,10 +723,43 @@ set_headers(natsMsg *m, const DestinationConfig *dest, const EoMessage *msg,
 }
 
 /*
+ * publish_msg
+ *		Publish a built message on its ready connection and destroy it.
+ *		Returns false if it could not be published (the send is finished
+ *		then: a payload over the servers' max_payload is permanent).
+ */
+static bool
+publish_msg(NatsPub *pub, natsMsg *m)
+{
+	natsConnection *nc = pub->conn->nc;
+	int64		max_payload = natsConnection_GetMaxPayload(nc);
+	natsStatus	s;
+
+	if (max_payload > 0 && (int64) natsMsg_GetDataLength(m) > max_payload)
+	{
+		natsMsg_Destroy(m);
+		finish(pub->send, SINK_PERMANENT,
+			   psprintf("the payload is larger than the NATS servers accept (max_payload " INT64_FORMAT " bytes)",
+						max_payload), -1, NULL);
+		return false;
+	}
+	s = natsConnection_PublishMsg(nc, m);
+	natsMsg_Destroy(m);
+	if (s != NATS_OK)
+	{
+		finish(pub->send, s == NATS_MAX_PAYLOAD ? SINK_PERMANENT : SINK_RETRY,
+			   nats_error_text("could not publish", s), -1, NULL);
+		return false;
+	}
+	return true;
+}
+
+/*
  * nats_start
  *		Publish one message with a reply subject in the connection's inbox
- *		and remember it until its acknowledgement (or its deadline).  A
- *		message that cannot be published finishes at once.
+ *		(or keep it built until the connection is ready) and remember it
+ *		until its acknowledgement or its deadline.  A message that cannot
+ *		be published finishes at once.
  */
 static void
 nats_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
@@ -541,7 +778,6 @@ nats_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	const char *problem;
 	PendingEntry *e;
 	bool		found;
-	int64		max_payload;
 
 	nats_init();
 	old = MemoryContextSwitchTo(nats_cxt);
@@ -589,28 +825,19 @@ nats_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 			   problem, -1, NULL);
 		return;
 	}
-	max_payload = natsConnection_GetMaxPayload(conn->nc);
-	if (max_payload > 0 && (int64) strlen(body) > max_payload)
-	{
-		natsMsg_Destroy(m);
-		finish(send, SINK_PERMANENT,
-			   psprintf("the payload is larger than the NATS servers accept (max_payload " INT64_FORMAT " bytes)",
-						max_payload), -1, NULL);
-		return;
-	}
-
 	e = hash_search(pending, &pub->token, HASH_ENTER, &found);
 	e->pub = pub;
 	pub->waiting = true;
-	s = natsConnection_PublishMsg(conn->nc, m);
-	natsMsg_Destroy(m);
-	if (s != NATS_OK)
+	if (conn_state(conn) == CONN_READY)
 	{
-		(void) hash_search(pending, &pub->token, HASH_REMOVE, NULL);
-		pub->waiting = false;
-		finish(send, s == NATS_MAX_PAYLOAD ? SINK_PERMANENT : SINK_RETRY,
-			   nats_error_text("could not publish", s), -1, NULL);
+		if (!publish_msg(pub, m))
+		{
+			(void) hash_search(pending, &pub->token, HASH_REMOVE, NULL);
+			pub->waiting = false;
+		}
 	}
+	else
+		pub->msg = m;			/* published once connected (collect) */
 }
 
 /* A JSON number or string field of a jsonb object, as text; palloc'd or NULL. */
@@ -729,10 +956,10 @@ nats_collect(dlist_head *done)
 		return;
 	while (read(wake_pipe[0], buf, sizeof(buf)) > 0)
 		;
-	pthread_mutex_lock(&answers_lock);
+	pthread_mutex_lock(&shared_lock);
 	list = answers_head;
 	answers_head = answers_tail = NULL;
-	pthread_mutex_unlock(&answers_lock);
+	pthread_mutex_unlock(&shared_lock);
 	while (list != NULL)
 	{
 		NatsAnswer *a = list;
@@ -755,10 +982,30 @@ nats_collect(dlist_head *done)
 	{
 		NatsPub    *pub = e->pub;
 
+		/* Built before the connection was ready: publish it now? */
+		if (pub->msg != NULL && pub->conn != NULL && now < pub->deadline)
+		{
+			NatsConnState st = conn_state(pub->conn);
+			natsMsg    *m = pub->msg;
+
+			if (st == CONN_READY)
+			{
+				pub->msg = NULL;
+				if (!publish_msg(pub, m))
+					to_done(pub, done);
+			}
+			else if (st == CONN_FAILED)
+			{
+				finish(pub->send, SINK_RETRY, pub->conn->error, -1, NULL);
+				to_done(pub, done);
+			}
+			continue;
+		}
 		if (now < pub->deadline)
 			continue;
 		finish(pub->send, SINK_RETRY,
 			   pub->conn == NULL ? "the destination's options changed while the message was on the wire" :
+			   pub->msg != NULL ? psprintf("not connected to the NATS servers within %d ms", pub->timeout_ms) :
 			   psprintf("no acknowledgement from the stream within %d ms", pub->timeout_ms),
 			   -1, NULL);
 		to_done(pub, done);		/* removing the current entry is allowed */
@@ -812,6 +1059,8 @@ nats_release(SinkSend *send)
 		return;
 	if (pub->waiting)
 		(void) hash_search(pending, &pub->token, HASH_REMOVE, NULL);
+	if (pub->msg != NULL)
+		natsMsg_Destroy(pub->msg);
 	pfree(pub);
 	send->private = NULL;
 }
