@@ -10,9 +10,13 @@
  *		  print the number of messages the stream holds
  *	  nats_tool dump <servers> <stream>
  *		  print one line per stored message, in stream order:
- *		  "<seq> <Nats-Msg-Id> <eo-key or -> <subject> <eo-topic> <payload>"
+ *		  "<seq> <Nats-Msg-Id> <eo-key or -> <subject> <stored at> <eo-topic>
+ *		  <payload>", the time the stream stored it in epoch seconds
  *	  nats_tool delete <servers> <stream>
  *		  delete the stream if it exists
+ *	  nats_tool pub <servers> <subject> <msg-id> <payload>
+ *		  a JetStream publish with header Nats-Msg-Id; prints the stream's
+ *		  sequence and "duplicate" when the stream already had the id
  *
  *	  <servers> is a comma-separated list of nats:// URLs.  Exit status 0 on
  *	  success, 1 with a message on stderr otherwise.
@@ -186,9 +190,10 @@ cmd_dump(const char *stream)
 					(unsigned long long) seq, natsStatus_GetText(s));
 			return 1;
 		}
-		printf("%llu %s %s %s %s %.*s\n", (unsigned long long) seq,
+		printf("%llu %s %s %s %.6f %s %.*s\n", (unsigned long long) seq,
 			   header(m, "Nats-Msg-Id"), header(m, "eo-key"), natsMsg_GetSubject(m),
-			   header(m, "eo-topic"), natsMsg_GetDataLength(m), natsMsg_GetData(m));
+			   natsMsg_GetTime(m) / 1e9, header(m, "eo-topic"),
+			   natsMsg_GetDataLength(m), natsMsg_GetData(m));
 		natsMsg_Destroy(m);
 	}
 	return 0;
@@ -203,6 +208,29 @@ cmd_delete(const char *stream)
 	return (s == NATS_OK || ec == JSStreamNotFoundErr) ? 0 : 1;
 }
 
+static int
+cmd_pub(const char *subject, const char *id, const char *payload)
+{
+	natsMsg    *m = NULL;
+	jsPubAck   *ack = NULL;
+	jsErrCode	ec = 0;
+	natsStatus	s = natsMsg_Create(&m, subject, NULL, payload, (int) strlen(payload));
+
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+	if (s == NATS_OK)
+		s = js_PublishMsg(&ack, js, m, NULL, &ec);
+	if (s != NATS_OK)
+	{
+		fprintf(stderr, "nats_tool: cannot publish: %s (%d)\n", natsStatus_GetText(s), (int) ec);
+		return 1;
+	}
+	printf("%llu%s\n", (unsigned long long) ack->Sequence, ack->Duplicate ? " duplicate" : "");
+	jsPubAck_Destroy(ack);
+	natsMsg_Destroy(m);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -210,7 +238,7 @@ main(int argc, char **argv)
 
 	if (argc < 4)
 	{
-		fprintf(stderr, "usage: nats_tool create|count|dump|delete <servers> <stream> ...\n");
+		fprintf(stderr, "usage: nats_tool create|count|dump|delete|pub <servers> <stream or subject> ...\n");
 		return 2;
 	}
 	connect_to(argv[2]);
@@ -222,6 +250,8 @@ main(int argc, char **argv)
 		rc = cmd_dump(argv[3]);
 	else if (strcmp(argv[1], "delete") == 0)
 		rc = cmd_delete(argv[3]);
+	else if (strcmp(argv[1], "pub") == 0 && argc == 6)
+		rc = cmd_pub(argv[3], argv[4], argv[5]);
 	else
 		fprintf(stderr, "nats_tool: unknown command or arguments\n");
 	jsCtx_Destroy(js);
