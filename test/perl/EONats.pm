@@ -133,8 +133,11 @@ sub stop
 	$self->kill9($_) for 0 .. $#{ $self->{servers} };
 }
 
+# At exit (also when a test dies): kill the servers, keeping the test's
+# exit status (reaping a child sets $?).
 END
 {
+	local $?;
 	$_->stop for @all;
 }
 
