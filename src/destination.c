@@ -24,10 +24,19 @@
 
 #include <math.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -294,4 +303,46 @@ eo_check_destination_options(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(PG_GETARG_JSONB_P(1));
+}
+
+/* The owner of extension eo_processing. */
+static Oid
+extension_owner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("eo_processing"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+/*
+ * eo_check_may_configure_kind
+ *		Raise an error unless the current user is a superuser or a member
+ *		of the extension owner's role: the rule for kinds whose options
+ *		make the server connect somewhere (http, nats).  Reads pg_extension
+ *		(a transaction must be open).
+ */
+void
+eo_check_may_configure_kind(const char *kind)
+{
+	Oid			owner = extension_owner();
+
+	if (superuser() || (OidIsValid(owner) && has_privs_of_role(GetUserId(), owner)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to configure %s destinations", kind),
+			 errdetail("Only superusers and the owner of extension eo_processing may create or alter destinations of kind \"%s\".", kind)));
 }

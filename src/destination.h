@@ -47,6 +47,7 @@ extern void eo_parse_destination(const char *kind, Jsonb *options,
 extern int64 eo_retry_delay_us(const DestinationConfig *cfg, int attempts);
 extern void eo_bad_option(const char *option, const char *expected) pg_attribute_noreturn();
 extern int	eo_option_int(const char *name, const JsonbValue *v, int min, int max);
+extern void eo_check_may_configure_kind(const char *kind);
 
 /* http_options.c */
 extern bool eo_http_host_allowed(const char *host);

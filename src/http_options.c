@@ -477,28 +477,6 @@ eo_check_http_destination_host(const DestinationConfig *cfg)
 				 errhint("If the destination is meant to be there, ask the administrator to turn on eo.http_allow_link_local.")));
 }
 
-/* The owner of extension eo_processing. */
-static Oid
-extension_owner(void)
-{
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	Oid			owner = InvalidOid;
-
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
-				CStringGetDatum("eo_processing"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return owner;
-}
-
 /*
  * eo_check_may_configure_http
  *		Only superusers and members of the extension owner's role decide
@@ -508,12 +486,5 @@ extension_owner(void)
 void
 eo_check_may_configure_http(void)
 {
-	Oid			owner = extension_owner();
-
-	if (superuser() || (OidIsValid(owner) && has_privs_of_role(GetUserId(), owner)))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied to configure http destinations"),
-			 errdetail("Only superusers and the owner of extension eo_processing may create or alter destinations of kind \"http\".")));
+	eo_check_may_configure_kind("http");
 }

@@ -545,7 +545,15 @@ eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 	{
 		Window	   *w = window_of(it.cur);
 
-		if (!w->committed || dlist_is_empty(&w->done) ||
+		/*
+		 * A log window is recorded once every send finished, even with
+		 * none in it: when every message of the window was set aside at
+		 * opening (their keys held by earlier deliveries), only its cursor
+		 * moves; left unrecorded it would hold the destination's next log
+		 * window back for good.
+		 */
+		if (!w->committed ||
+			(w->retries && dlist_is_empty(&w->done)) ||
 			(!w->retries && w->unfinished > 0))
 			continue;
 		w->recording = true;

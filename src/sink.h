@@ -142,6 +142,7 @@ extern const char *eo_sink_kind_list(void);
 /* The sinks. */
 extern const SinkRoutine eo_notify_sink;
 extern const SinkRoutine eo_http_sink;
+extern const SinkRoutine eo_nats_sink;
 
 static inline bool
 eo_sink_is_async(const SinkRoutine *sink)

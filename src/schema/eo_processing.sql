@@ -303,8 +303,9 @@ COMMENT ON FUNCTION eo.message(uuid) IS
 -- Destinations and subscriptions (administration)
 ----------------------------------------------------------------------
 
--- Where the relay delivers: kind 'notify' (NOTIFY on a channel) or 'http'
--- (signed webhooks, sent with libcurl outside any transaction).  The kinds
+-- Where the relay delivers: kind 'notify' (NOTIFY on a channel), 'http'
+-- (signed webhooks, sent with libcurl outside any transaction) or 'nats'
+-- (JetStream publishes with libnats, outside any transaction).  The kinds
 -- are the library's sinks; eo.check_destination_options() (through the
 -- destination_check trigger) refuses any other.
 CREATE TABLE eo.destination (
@@ -674,7 +675,8 @@ BEGIN
     END IF;
 END $$;
 
--- Destinations with their options, secrets and header values hidden: what
+-- Destinations with their options, secrets hidden (http: signing secrets
+-- and header values; nats: credentials, tokens and passwords): what
 -- operators may see.
 CREATE VIEW eo.destinations AS
     SELECT d.name, d.kind, d.enabled, d.disabled_reason,
@@ -685,11 +687,16 @@ CREATE VIEW eo.destinations AS
                                           THEN '(hidden)' END,
                    'headers', (SELECT pg_catalog.jsonb_object_agg(h.key, '(hidden)')
                                  FROM pg_catalog.jsonb_each(d.options OPERATOR(pg_catalog.->) 'headers') AS h)))
+                WHEN d.kind OPERATOR(pg_catalog.=) 'nats' THEN
+               (d.options OPERATOR(pg_catalog.-) ARRAY['credentials', 'token', 'password'])
+               OPERATOR(pg_catalog.||) (SELECT pg_catalog.jsonb_object_agg(s.key, '(hidden)')
+                                          FROM pg_catalog.jsonb_each(d.options) AS s
+                                         WHERE s.key OPERATOR(pg_catalog.=) ANY (ARRAY['credentials', 'token', 'password']))
            ELSE d.options END AS options,
            d.created_at
       FROM eo.destination d;
 COMMENT ON VIEW eo.destinations IS
-    'destinations and their options, with signing secrets and header values hidden';
+    'destinations and their options, with signing secrets, header values, credentials, tokens and passwords hidden';
 
 ----------------------------------------------------------------------
 -- Deliveries

@@ -12,8 +12,9 @@
 # relay launcher, the relay workers -- run under memcheck, each writing
 # its own log, vg.<pid>.log.
 #
-# The scenario is short but takes the relay through its paths: NOTIFY and
-# signed webhook deliveries of a few hundred messages (keyed, text, too
+# The scenario is short but takes the relay through its paths: NOTIFY,
+# NATS JetStream (a cluster of three nats-server processes) and signed
+# webhook deliveries of a few hundred messages (keyed, text, too
 # large for a notification) to test/webhook_receiver.py answering with
 # 500, 429, a dropped connection or a response slower than the timeout for
 # some of them; a destination that refuses connections (dead, redriven,
@@ -57,6 +58,7 @@ use DBI;
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use EONotify;
+use EONats;
 
 plan skip_all => 'valgrind is not installed (Debian package valgrind)'
   unless system('valgrind --version >/dev/null 2>&1') == 0;
@@ -371,6 +373,26 @@ ok(wait_for($all_done, 'the message held by 410'), 'alter_destination enables it
 	  sql(q{SELECT eo.publish('vg.after_hup', jsonb_build_object('i', g), 'h') FROM generate_series(1, 20) g});
 	ok(wait_for($all_done, 'deliveries after SIGHUP'), '... and delivers with them');
 	push @published, @ids;
+}
+
+######################################################################
+# NATS JetStream: keyed publishes into a stream, acknowledged by libnats
+# threads; the relay's exit paths below (SIGTERM, fast shutdown) then
+# close the connection and libnats
+######################################################################
+
+{
+	my $nats = EONats->new("$PostgreSQL::Test::Utils::tmp_check/vg_nats");
+	$nats->tool('create', 'VG', 'vgn.>', 1, 600);
+	my $servers = join(',', map { qq{"$_"} } $nats->url_list);
+	sql(qq{SELECT eo.create_destination('vg_nats', 'nats', '{"servers": [$servers], "stream": "VG", "timeout_ms": 30000}')});
+	sql(q{SELECT eo.subscribe('vgn.*', 'vg_nats')});
+	sql(q{SELECT count(eo.publish('vgn.x', jsonb_build_object('i', g), 'k' || (g % 4), '{"X-A": "1"}')) FROM generate_series(1, 40) g});
+	sql(q{SELECT eo.publish('vgn.text', 'plain text'::text)});
+	ok(wait_for($all_done, 'the nats deliveries'), 'nats: every message delivered');
+	is($nats->tool('count', 'VG'), "41\n", 'nats: the stream holds them');
+	is(sql(q{SELECT delivered_total FROM eo.stats WHERE destination = 'vg_nats'}), '41',
+		'nats: eo.stats counts them');
 }
 
 ######################################################################
