@@ -17,6 +17,8 @@
 #       everything is delivered, duplicates are absorbed.
 #   (i) Signing secrets and header values appear neither in the server log
 #       nor in eo.stats / eo.destinations.
+#   (j) A window whose messages are all held behind a failing key is
+#       recorded: later messages of other keys do not wait for the retry.
 #
 # The relay sleeps for an hour unless woken: every retry must be scheduled.
 
@@ -418,6 +420,38 @@ unlike($log, qr/\Q$token\E/, '(i) the header value is not in the server log');
 unlike($log, qr/\Q$bad_secret\E/, '(i) the refused secret is not in the server log');
 like($log, qr/disabled destination "gone": the receiver answered 410 Gone/,
 	'(i) (the log is the right one: it has the 410 of part a)');
+
+######################################################################
+# (j) a window in which every message is held behind a failing key
+######################################################################
+
+# The first message of key k fails (500) and waits for its retry, 8 s
+# away; the next three messages of k are then all set aside as held when
+# their window opens, so that window has nothing to send.  It must still
+# be recorded (only its cursor moves): a message of another key published
+# after it is delivered while k's first message still waits, and k's
+# messages follow, once each and in order.
+$main->reset;
+eo_create_http_destination($node, 'postgres', 'held',
+	{ url => $main->url('/held'), retry_delays => ['8s'], max_attempts => 10 }, 'held.*');
+$main->force_status(500);
+$node->safe_psql('postgres', q{SELECT eo.publish('held.k', '{"seq": 1}'::jsonb, 'k')});
+ok(poll(q{SELECT retrying = 1 FROM eo.stats WHERE destination = 'held'}),
+	'(j) the first message of key k failed and waits for its retry');
+$main->force_status(undef);
+$node->safe_psql('postgres',
+	q{SELECT eo.publish('held.k', jsonb_build_object('seq', g), 'k') FROM generate_series(2, 4) g});
+ok(poll(q{SELECT count(*) = 3 FROM eo.delivery d JOIN eo.destination x ON x.id = d.destination_id
+           WHERE x.name = 'held' AND d.state = 'pending'}),
+	'(j) the three after it are held behind it');
+$node->safe_psql('postgres', q{SELECT eo.publish('held.other', '{"seq": 5}'::jsonb, 'other')});
+ok(poll(q{SELECT delivered_total >= 1 FROM eo.stats WHERE destination = 'held'}),
+	'(j) a message of another key published after the held window is delivered');
+is(stats_of('held')->{retrying}, 1, "(j) ... before k's first message was retried");
+ok(eo_wait_drained($node, 'postgres', 'held', $settle), "(j) then k's messages are delivered");
+my $held_applied = eo_check_exactly_once($node, 'postgres', $main, q{topic LIKE 'held.%'}, '(j)');
+is( join(',', map { $_->{seq} } grep { ($_->{key} // '') eq 'k' } @$held_applied),
+	'1,2,3,4', "(j) key k's messages were applied in order");
 
 $signed->stop;
 $slow->stop;
