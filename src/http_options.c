@@ -477,9 +477,9 @@ eo_check_http_destination_host(const DestinationConfig *cfg)
 				 errhint("If the destination is meant to be there, ask the administrator to turn on eo.http_allow_link_local.")));
 }
 
-/* The owner of extension eo_processing. */
-static Oid
-extension_owner(void)
+/* The owner of extension eo_processing (InvalidOid if it is not installed). */
+Oid
+eo_extension_owner(void)
 {
 	Relation	rel;
 	ScanKeyData key;
@@ -508,7 +508,7 @@ extension_owner(void)
 void
 eo_check_may_configure_http(void)
 {
-	Oid			owner = extension_owner();
+	Oid			owner = eo_extension_owner();
 
 	if (superuser() || (OidIsValid(owner) && has_privs_of_role(GetUserId(), owner)))
 		return;
