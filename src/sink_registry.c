@@ -16,6 +16,7 @@
 static const SinkRoutine *const sinks[] = {
 	&eo_notify_sink,
 	&eo_http_sink,
+	&eo_queue_sink,
 };
 
 /* The sink of a kind, or NULL if there is no such kind. */
@@ -38,7 +39,7 @@ eo_sink_all(int *n)
 	return sinks;
 }
 
-/* The kinds for a hint: "notify" and "http" (palloc'd). */
+/* The kinds for a hint: "notify", "http" and "queue" (palloc'd). */
 const char *
 eo_sink_kind_list(void)
 {
