@@ -53,7 +53,7 @@ ROLLBACK;
 SELECT eo.ack('q', '{1, 1, 3, 4}') AS acked;
 SELECT lease, key, payload, attempt FROM eo.read('q');
 
--- A lease that is no longer current raises EQ001 and changes nothing,
+-- A lease that is no longer current raises QL001 and changes nothing,
 -- even when the other leases of the call are current.
 \set VERBOSITY sqlstate
 SELECT eo.ack('q', '{1}');

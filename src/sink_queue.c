@@ -81,8 +81,12 @@ PG_FUNCTION_INFO_V1(eo_nack);
 #define QUEUE_MAX_INTERVAL_US	((int64) 365 * USECS_PER_DAY)
 #define QUEUE_MAX_CONSUMERS		100
 
-/* A lease that is no longer current (documented in the README). */
-#define ERRCODE_EO_STALE_LEASE	MAKE_SQLSTATE('E','Q','0','0','1')
+/*
+ * A lease that is no longer current (documented in the README): class QL,
+ * in the range the SQL standard leaves to implementations (as IK of the
+ * idempotency keys).
+ */
+#define ERRCODE_EO_STALE_LEASE	MAKE_SQLSTATE('Q','L','0','0','1')
 
 typedef struct QueueOptions
 {
@@ -478,7 +482,7 @@ leases_arg(FunctionCallInfo fcinfo, int argno, int *ndistinct)
 
 /*
  * stale_lease_error
- *		Raise EQ001 for the first lease of "arr" not among the "nfound"
+ *		Raise QL001 for the first lease of "arr" not among the "nfound"
  *		leases in column 1 of the SPI result.  The caller's transaction
  *		must roll back: its work depended on a lease it no longer holds.
  */
@@ -640,7 +644,7 @@ eo_read(PG_FUNCTION_ARGS)
  * eo.ack(destination text, leases bigint[]) RETURNS bigint
  *
  * Finishes the leased messages in the caller's transaction (deletes them)
- * and returns how many.  Any lease that is not current raises EQ001 and
+ * and returns how many.  Any lease that is not current raises QL001 and
  * changes nothing.  Duplicates in the array count once.  Acknowledging a
  * keyed message makes the next one of its key readable: that wakes the
  * listeners of the channel at commit.
@@ -719,7 +723,7 @@ eo_ack(PG_FUNCTION_ARGS)
  *
  * Gives the leased messages back: readable again after "delay" (NULL: the
  * destination's retry_delays for the attempt made, 0 by default); a
- * message that had its last attempt is dead.  Stale leases raise EQ001.
+ * message that had its last attempt is dead.  Stale leases raise QL001.
  * A message readable at once wakes the listeners of the channel.
  */
 Datum

@@ -11,7 +11,7 @@
 # the process with SIGKILL instead of answering, to leave leases behind.
 # With nothing to read it waits for a notification on CHANNEL (or one
 # second) and reads again.  Any error ends the process with status 1 (a
-# refused ack, EQ001, is reported as "stale" first).
+# refused ack, QL001, is reported as "stale" first).
 
 use strict;
 use warnings FATAL => 'all';
@@ -55,7 +55,7 @@ while (1)
 	{
 		my ($err, $state) = ($@, $dbh->state // '');
 		$dbh->rollback;
-		print "stale\n" if $state eq 'EQ001';
+		print "stale\n" if $state eq 'QL001';
 		die $err;
 	}
 	$dbh->commit;

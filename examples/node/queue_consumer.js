@@ -17,7 +17,7 @@
 //
 // consume() is the part to copy: the work and the ack share one
 // transaction, so each message is applied exactly once; a lease that ran
-// out before the ack (SQLSTATE EQ001) rolls the work back, and the message
+// out before the ack (SQLSTATE QL001) rolls the work back, and the message
 // is applied by whoever holds it now.
 
 const { Client } = require('pg');
@@ -25,7 +25,7 @@ const { Client } = require('pg');
 const SCHEMA = 'queue_example_node';
 const QUEUE = 'queue_example_node';
 const CHANNEL = 'queue_example_node_ready';
-const STALE_LEASE = 'EQ001';
+const STALE_LEASE = 'QL001';
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Resolves when a notification arrives on the client (it LISTENs) or after
@@ -189,7 +189,7 @@ async function main() {
      WHERE n < prev`));
   c.ok(disorder === 0, 'per key, messages applied in publishing order', disorder);
 
-  // A lease that runs out before the ack: the ack fails with EQ001 and the
+  // A lease that runs out before the ack: the ack fails with QL001 and the
   // work rolls back with it; the new holder applies the message.
   await publish(client, total + 2, 1, 10);
   await until(client, ready, [QUEUE], 1, 60000);
@@ -220,7 +220,7 @@ async function main() {
     [fast[0].id]));
   c.ok(slow.length === 1 && fast.length === 1 && slow[0].id === fast[0].id && fast[0].attempt === 2
        && state === STALE_LEASE && copies === 1,
-  'a lease that ran out: the ack fails with EQ001, the work rolls back', state);
+  'a lease that ran out: the ack fails with QL001, the work rolls back', state);
 
   c.ok(Number(await one(client, `SELECT ready + leased + retrying + dead FROM eo.stats
                                   WHERE destination = $1`, [QUEUE])) === 0,

@@ -16,7 +16,7 @@ wake-up, eo.read, work, eo.ack, COMMIT).  Each expectation prints
 
 consume() is the part to copy: the work and the ack share one transaction,
 so each message is applied exactly once; a lease that ran out before the
-ack (SQLSTATE EQ001) rolls the work back, and the message is applied by
+ack (SQLSTATE QL001) rolls the work back, and the message is applied by
 whoever holds it now.
 """
 
@@ -31,7 +31,7 @@ from psycopg import sql
 SCHEMA = "queue_example_py"
 QUEUE = "queue_example_py"
 CHANNEL = "queue_example_py_ready"
-STALE_LEASE = "EQ001"
+STALE_LEASE = "QL001"
 
 
 def wait_for_wakeup(conn, timeout):
@@ -190,7 +190,7 @@ def main():
         " FROM {}.applied) x WHERE n < prev").format(sql.Identifier(SCHEMA)))
     c.ok(disorder == 0, "per key, messages applied in publishing order", disorder)
 
-    # A lease that runs out before the ack: the ack fails with EQ001 and the
+    # A lease that runs out before the ack: the ack fails with QL001 and the
     # work rolls back with it; the new holder applies the message.
     publish(conn, total + 2, 1, 10)
     deadline = time.monotonic() + 60
@@ -219,7 +219,7 @@ def main():
          and state == STALE_LEASE
          and one(conn, sql.SQL("SELECT count(*) FROM {}.applied WHERE id = %s")
                  .format(sql.Identifier(SCHEMA)), fast[0][0]) == 1,
-         "a lease that ran out: the ack fails with EQ001, the work rolls back", state)
+         "a lease that ran out: the ack fails with QL001, the work rolls back", state)
 
     c.ok(one(conn, "SELECT ready + leased + retrying + dead FROM eo.stats"
                    " WHERE destination = %s", QUEUE) == 0,

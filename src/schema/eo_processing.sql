@@ -816,7 +816,7 @@ SELECT pg_catalog.pg_extension_config_dump('eo.queue_lease_seq', '');
 
 -- The consumer functions check the calling role against the queue's
 -- "consumers" option and then work as the extension's owner: not SECURITY
--- DEFINER.  SQLSTATE EQ001: the lease is no longer current.
+-- DEFINER.  SQLSTATE QL001: the lease is no longer current.
 CREATE FUNCTION eo.read(destination text, max_messages integer DEFAULT 100,
                         visibility interval DEFAULT NULL)
 RETURNS TABLE (id uuid, lease bigint, topic text, key text, headers jsonb,
@@ -832,7 +832,7 @@ RETURNS bigint
 AS 'MODULE_PATHNAME', 'eo_ack'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION eo.ack(text, bigint[]) IS
-    'finishes leased messages of a queue in the caller''s transaction; a lease no longer current raises EQ001';
+    'finishes leased messages of a queue in the caller''s transaction; a lease no longer current raises QL001';
 
 CREATE FUNCTION eo.nack(destination text, leases bigint[], delay interval DEFAULT NULL)
 RETURNS bigint

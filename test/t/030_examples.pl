@@ -116,7 +116,7 @@ SKIP:
 
 # The queue consumers (examples/*/queue_consumer.*): two competing
 # consumers woken by the queue's channel apply every message once, in key
-# order, and a lease that ran out refuses the ack (EQ001).
+# order, and a lease that ran out refuses the ack (QL001).
 my @queue_expected = (
 	'messages published with no consumer running wait in the queue',
 	'two consumers applied the backlog',
@@ -124,7 +124,7 @@ my @queue_expected = (
 	'the consumers acked every message',
 	'each message applied exactly once',
 	'per key, messages applied in publishing order',
-	'a lease that ran out: the ack fails with EQ001, the work rolls back',
+	'a lease that ran out: the ack fails with QL001, the work rolls back',
 	'the queue is empty');
 
 sub check_queue_example

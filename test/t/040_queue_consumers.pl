@@ -125,9 +125,9 @@ sub steer
 			}
 			if (!$c->{h}->pumpable)
 			{
-				# Ended by itself (a refused ack, EQ001): replace it.
+				# Ended by itself (a refused ack, QL001): replace it.
 				eval { $c->{h}->finish; };
-				diag("consumer $c->{name} ended: $c->{err}") if $c->{err} !~ /EQ001|no longer current/;
+				diag("consumer $c->{name} ended: $c->{err}") if $c->{err} !~ /QL001|no longer current/;
 				$pool->[$i] = start_consumer();
 			}
 		}
