@@ -482,8 +482,8 @@ leases_arg(FunctionCallInfo fcinfo, int argno, int *ndistinct)
 
 /*
  * stale_lease_error
- *		Raise QL001 for the first lease of "arr" not among the "nfound"
- *		leases in column 1 of the SPI result.  The caller's transaction
+ *		Raise QL001 for the first lease of "arr" not among the leases in
+ *		column 1 of the last SPI result (the rows the call changed).  The caller's transaction
  *		must roll back: its work depended on a lease it no longer holds.
  */
 static void
