@@ -161,6 +161,17 @@ SELECT eo.drop_destination('q', force => true);
 SELECT count(*) AS left_behind FROM eo.queue_message;
 
 DROP EXTENSION eo_processing;
+
+-- With objects older than the library (before ALTER EXTENSION UPDATE) a
+-- queue cannot be created: the relay could not enqueue into it.
+\set VERBOSITY terse
+CREATE EXTENSION eo_processing VERSION '0.5.0';
+SELECT eo.create_destination('early', 'queue');
+ALTER EXTENSION eo_processing UPDATE;
+SELECT eo.create_destination('early', 'queue');
+SELECT kind FROM eo.destination;
+DROP EXTENSION eo_processing;
+\set VERBOSITY default
 DROP ROLE regress_eo_q_member;
 DROP ROLE regress_eo_q_reader;
 DROP ROLE regress_eo_q_other;

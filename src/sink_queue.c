@@ -56,6 +56,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -187,12 +188,30 @@ queue_parse_option(const char *name, const JsonbValue *v, DestinationConfig *cfg
 	return false;
 }
 
-/* At create/alter time: every consumer role exists. */
+/* Is eo.queue_message there (the objects are of 0.6.0 or later)? */
+static bool
+queue_tables_exist(void)
+{
+	Oid			nsp = get_namespace_oid("eo", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("queue_message", nsp));
+}
+
+/*
+ * At create/alter time: the queue's table exists (the relay could not
+ * enqueue into objects older than the library), and every consumer role
+ * exists.
+ */
 static void
 queue_check_target(const DestinationConfig *cfg)
 {
 	const QueueOptions *opts = QUEUE_OPTIONS(cfg);
 
+	if (!queue_tables_exist())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("destinations of kind \"queue\" need the objects of eo_processing 0.6.0"),
+				 errhint("Run ALTER EXTENSION eo_processing UPDATE.")));
 	for (int i = 0; i < opts->nconsumers; i++)
 		(void) get_role_oid(opts->consumers[i], false);
 }
@@ -259,13 +278,16 @@ queue_deliver(const DestinationConfig *dest, const EoMessage *msg, SinkOutcome *
  * queue_housekeeping
  *		Fold the rows eo.ack() appended to eo.queue_ack into one per
  *		destination (SPI connected, in the relay's housekeeping step).
- *		Returns the rows removed.
+ *		Returns the rows removed.  Objects older than 0.6.0 (before ALTER
+ *		EXTENSION UPDATE) have no queue tables: nothing to do.
  */
 static int
 queue_housekeeping(void)
 {
 	int			rc;
 
+	if (!queue_tables_exist())
+		return 0;
 	rc = SPI_execute("WITH gone AS (DELETE FROM eo.queue_ack RETURNING destination_id, acked),"
 					 " sums AS (INSERT INTO eo.queue_ack (destination_id, acked)"
 					 "  SELECT destination_id, sum(acked) FROM gone GROUP BY destination_id"
