@@ -23,6 +23,7 @@ OBJS = \
 	src/sink_registry.o \
 	src/sink_notify.o \
 	src/sink_http.o \
+	src/sink_queue.o \
 	src/http_options.o \
 	src/http_address.o \
 	src/http_request.o \
@@ -66,14 +67,14 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 # pg_regress: sql/ and expected/ at the top level.
 REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
 	destinations grants http_options nats_options http_address_guard keys reconcile \
-	hostile_input log_rotation upgrade
+	hostile_input log_rotation queue upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf
 
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
 	inbox_prepared process_seq_races outbox_keys relay_claims \
-	keys_race log_rotation
+	keys_race log_rotation queue_leases
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

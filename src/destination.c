@@ -305,9 +305,9 @@ eo_check_destination_options(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(PG_GETARG_JSONB_P(1));
 }
 
-/* The owner of extension eo_processing. */
-static Oid
-extension_owner(void)
+/* The owner of extension eo_processing (InvalidOid if it is not installed). */
+Oid
+eo_extension_owner(void)
 {
 	Relation	rel;
 	ScanKeyData key;
@@ -337,7 +337,7 @@ extension_owner(void)
 void
 eo_check_may_configure_kind(const char *kind)
 {
-	Oid			owner = extension_owner();
+	Oid			owner = eo_extension_owner();
 
 	if (superuser() || (OidIsValid(owner) && has_privs_of_role(GetUserId(), owner)))
 		return;

@@ -50,6 +50,7 @@ extern int	eo_option_int(const char *name, const JsonbValue *v, int min, int max
 extern void eo_check_may_configure_kind(const char *kind);
 
 /* http_options.c */
+extern Oid	eo_extension_owner(void);
 extern bool eo_http_host_allowed(const char *host);
 extern const char *eo_http_allowed_host_problem(const char *entry);
 extern bool eo_http_header_name_ok(const char *name, int len);

@@ -21,23 +21,16 @@
 
 #include <curl/curl.h>
 
-#include "access/genam.h"
-#include "access/htup_details.h"
-#include "access/table.h"
-#include "catalog/indexing.h"
-#include "catalog/pg_extension.h"
 #include "common/base64.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/formatting.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
 #include "utils/varlena.h"
 
 #include "destination.h"
-#include "http.h"
 #include "http.h"
 #include "relay.h"
 

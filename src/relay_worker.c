@@ -355,11 +355,16 @@ dispatch_step(void)
 	return n;
 }
 
-/* Housekeeping: purge expired inbox records and old delivered messages. */
+/*
+ * Housekeeping: purge expired inbox records and old delivered messages,
+ * then let each sink that keeps tables of its own trim them.
+ */
 static int
 housekeeping(void)
 {
 	int			purged = 0;
+	int			nsinks;
+	const SinkRoutine *const *sinks = eo_sink_all(&nsinks);
 
 	if (SPI_execute("SELECT eo.purge_expired(10000)", false, 0) == SPI_OK_SELECT)
 		purged += SPI_processed;
@@ -367,6 +372,11 @@ housekeeping(void)
 		purged += SPI_processed;
 	if (SPI_execute("SELECT eo.purge_keys(10000)", false, 0) == SPI_OK_SELECT)
 		purged += SPI_processed;
+	for (int i = 0; i < nsinks; i++)
+	{
+		if (sinks[i]->housekeeping)
+			purged += sinks[i]->housekeeping();
+	}
 	return purged;
 }
 

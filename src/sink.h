@@ -132,6 +132,13 @@ typedef struct SinkRoutine
 	void		(*handle_events) (WaitEvent *events, int nevents);
 	void		(*collect) (dlist_head *done);
 	void		(*release) (SinkSend *send);
+
+	/*
+	 * Optional: the sink's share of the relay's housekeeping step (its
+	 * transaction open, SPI connected), keeping the sink's own tables
+	 * bounded.  Returns the number of rows it removed.
+	 */
+	int			(*housekeeping) (void);
 } SinkRoutine;
 
 /* sink_registry.c */
@@ -143,6 +150,7 @@ extern const char *eo_sink_kind_list(void);
 extern const SinkRoutine eo_notify_sink;
 extern const SinkRoutine eo_http_sink;
 extern const SinkRoutine eo_nats_sink;
+extern const SinkRoutine eo_queue_sink;
 
 static inline bool
 eo_sink_is_async(const SinkRoutine *sink)

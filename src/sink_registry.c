@@ -17,6 +17,7 @@ static const SinkRoutine *const sinks[] = {
 	&eo_notify_sink,
 	&eo_http_sink,
 	&eo_nats_sink,
+	&eo_queue_sink,
 };
 
 /* The sink of a kind, or NULL if there is no such kind. */
@@ -39,7 +40,7 @@ eo_sink_all(int *n)
 	return sinks;
 }
 
-/* The kinds for a hint: "notify", "http" and "nats" (palloc'd). */
+/* The kinds for a hint: "notify", "http", "nats" and "queue" (palloc'd). */
 const char *
 eo_sink_kind_list(void)
 {

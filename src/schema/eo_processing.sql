@@ -304,8 +304,9 @@ COMMENT ON FUNCTION eo.message(uuid) IS
 ----------------------------------------------------------------------
 
 -- Where the relay delivers: kind 'notify' (NOTIFY on a channel), 'http'
--- (signed webhooks, sent with libcurl outside any transaction) or 'nats'
--- (JetStream publishes with libnats, outside any transaction).  The kinds
+-- (signed webhooks, sent with libcurl outside any transaction), 'nats'
+-- (JetStream publishes with libnats, outside any transaction) or 'queue'
+-- (kept in eo.queue_message for eo.read() / eo.ack()).  The kinds
 -- are the library's sinks; eo.check_destination_options() (through the
 -- destination_check trigger) refuses any other.
 CREATE TABLE eo.destination (
@@ -411,7 +412,7 @@ BEGIN
     INSERT INTO eo.destination_stats (destination_id) VALUES (new_id);
 END $$;
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS
-    'creates a destination the relay delivers to (kind ''notify'' or ''http'')';
+    'creates a destination the relay delivers to (kind ''notify'', ''http'' or ''queue'')';
 
 -- The destination called "name", locked against concurrent changes until
 -- the end of the transaction; a clear error when there is none.
@@ -581,8 +582,8 @@ BEGIN
     d := eo.find_destination(name);
     SELECT count(*), count(*) FILTER (WHERE x.state = 'dead')
       INTO unfinished, dead
-      FROM eo.delivery x
-     WHERE x.destination_id = d.id;
+      FROM (SELECT y.state FROM eo.delivery y WHERE y.destination_id = d.id UNION ALL
+            SELECT CASE WHEN q.dead_at IS NULL THEN 'queued' ELSE 'dead' END FROM eo.queue_message q WHERE q.destination_id = d.id) x;
     -- Messages of the log its cursor has not passed yet.
     unfinished := unfinished + (
         SELECT count(*)
@@ -762,21 +763,121 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    dest_id integer;
-    n bigint;
+    d eo.destination;
+    n bigint; q bigint;
 BEGIN
-    dest_id := (eo.find_destination(destination)).id;
+    d := eo.find_destination(destination);
     UPDATE eo.delivery
        SET state = 'pending', attempts = 0, next_attempt_at = now()
-     WHERE destination_id = dest_id AND state = 'dead';
+     WHERE destination_id = d.id AND state = 'dead';
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
         PERFORM eo.wake_relay();
     END IF;
-    RETURN n;
+    -- Dead messages of a queue are ready again, with their attempts reset,
+    -- and the queue's listeners are woken.
+    UPDATE eo.queue_message
+       SET dead_at = NULL, attempt = 0, lease = NULL, visible_at = now()
+     WHERE destination_id = d.id AND dead_at IS NOT NULL;
+    GET DIAGNOSTICS q = ROW_COUNT;
+    IF q > 0 AND d.options ? 'channel' THEN
+        PERFORM pg_notify(d.options ->> 'channel', d.name);
+    END IF;
+    RETURN n + q;
 END $$;
 COMMENT ON FUNCTION eo.redrive(text) IS
-    'puts the dead deliveries of a destination back to pending; returns how many';
+    'puts the dead deliveries of a destination back to pending, and the dead messages of a queue back to ready; returns how many';
+
+----------------------------------------------------------------------
+-- Queues: destinations of kind 'queue' (sink_queue.c)
+----------------------------------------------------------------------
+-- The relay enqueues each message routed to a queue destination here, in
+-- its routing transaction; consumers lease messages with eo.read() and
+-- finish them with eo.ack() (which deletes the row) or give them back with
+-- eo.nack().  A row is ready (dead_at IS NULL, visible_at <= now), leased
+-- (lease set, visible_at in the future), retrying (no lease, visible_at in
+-- the future) or dead (dead_at set).  attempt counts the hand-outs.  Every
+-- hand-out changes indexed columns (lease, visible_at), so each index costs
+-- a write per read: qseq (the order of the queue) has none of its own, and
+-- eo.read() updates rows by ctid.
+CREATE TABLE eo.queue_message (
+    qseq           bigint GENERATED ALWAYS AS IDENTITY,
+    destination_id integer NOT NULL REFERENCES eo.destination (id) ON DELETE CASCADE,
+    attempt        integer NOT NULL DEFAULT 0,
+    lease          bigint,
+    visible_at     timestamptz NOT NULL,
+    enqueued_at    timestamptz NOT NULL,
+    dead_at        timestamptz,
+    published_at   timestamptz NOT NULL,
+    id             uuid NOT NULL,
+    topic          text COLLATE "C" NOT NULL,
+    key            text COLLATE "C",
+    headers        jsonb,
+    payload        jsonb,
+    payload_text   text
+);
+-- eo.read(): the alive messages of a queue, oldest visible first.
+CREATE INDEX queue_message_ready ON eo.queue_message (destination_id, visible_at, qseq)
+    WHERE dead_at IS NULL;
+-- eo.read(): is an earlier message of the same key still alive?
+CREATE INDEX queue_message_key ON eo.queue_message (destination_id, key, qseq)
+    WHERE key IS NOT NULL AND dead_at IS NULL;
+-- eo.ack(), eo.nack(): the row of a lease.
+CREATE INDEX queue_message_lease ON eo.queue_message (lease)
+    WHERE lease IS NOT NULL;
+COMMENT ON TABLE eo.queue_message IS
+    'Messages of queue destinations not yet acknowledged (eo.read, eo.ack, eo.nack)';
+
+-- Acknowledged messages, counted: eo.ack() appends a row per call (no row
+-- that concurrent consumers would update in turn); the relay's
+-- housekeeping folds them into one row per destination.
+CREATE TABLE eo.queue_ack (
+    destination_id integer NOT NULL REFERENCES eo.destination (id) ON DELETE CASCADE,
+    acked          bigint NOT NULL
+);
+CREATE INDEX queue_ack_destination ON eo.queue_ack (destination_id);
+COMMENT ON TABLE eo.queue_ack IS
+    'Numbers of messages acknowledged per queue destination (summed by eo.stats)';
+
+-- Leases: a new one for every hand-out, larger than all before it (also
+-- after a restore), so that a stale one is never current again.
+CREATE SEQUENCE eo.queue_lease_seq AS bigint;
+COMMENT ON SEQUENCE eo.queue_lease_seq IS
+    'leases handed out by eo.read()';
+
+-- pg_dump keeps what is queued (with its leases and attempts), the counts
+-- and both sequences.
+SELECT pg_catalog.pg_extension_config_dump('eo.queue_message', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.queue_message_qseq_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.queue_ack', '');
+SELECT pg_catalog.pg_extension_config_dump('eo.queue_lease_seq', '');
+
+-- The consumer functions check the calling role against the queue's
+-- "consumers" option and then work as the extension's owner: not SECURITY
+-- DEFINER.  SQLSTATE QL001: the lease is no longer current.
+CREATE FUNCTION eo.read(destination text, max_messages integer DEFAULT 100,
+                        visibility interval DEFAULT NULL)
+RETURNS TABLE (id uuid, lease bigint, topic text, key text, headers jsonb,
+               payload jsonb, payload_text text, published_at timestamptz,
+               attempt integer)
+AS 'MODULE_PATHNAME', 'eo_read'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION eo.read(text, integer, interval) IS
+    'leases up to max_messages ready messages of a queue for visibility (default: its visibility_timeout)';
+
+CREATE FUNCTION eo.ack(destination text, leases bigint[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eo_ack'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eo.ack(text, bigint[]) IS
+    'finishes leased messages of a queue in the caller''s transaction; a lease no longer current raises QL001';
+
+CREATE FUNCTION eo.nack(destination text, leases bigint[], delay interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eo_nack'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eo.nack(text, bigint[], interval) IS
+    'gives leased messages of a queue back, readable after delay (default: its retry_delays, 0)';
 
 ----------------------------------------------------------------------
 -- Relay
@@ -833,14 +934,21 @@ CREATE VIEW eo.stats AS
            d.enabled,
            coalesce(q.pending, 0) OPERATOR(pg_catalog.+) coalesce(b.waiting, 0) AS pending,
            coalesce(q.in_flight, 0) OPERATOR(pg_catalog.+) coalesce(b.sending, 0) AS in_flight,
-           coalesce(q.retrying, 0) AS retrying,
-           coalesce(q.dead, 0) AS dead,
+           coalesce(q.retrying, 0) OPERATOR(pg_catalog.+) coalesce(u.retrying, 0) AS retrying,
+           coalesce(q.dead, 0) OPERATOR(pg_catalog.+) coalesce(u.dead, 0) AS dead,
            s.delivered_total,
            pg_catalog.now() OPERATOR(pg_catalog.-) LEAST(q.oldest_pending, b.oldest) AS oldest_pending_age,
            s.last_error,
            s.last_error_at,
            s.last_success_at,
-           d.disabled_reason
+           d.disabled_reason,
+           -- Queues only (NULL for other kinds): messages ready to read
+           -- (with expired leases), leased, acknowledged in all, and the
+           -- age of the oldest ready one.
+           u.ready,
+           u.leased,
+           u.acked_total,
+           pg_catalog.now() OPERATOR(pg_catalog.-) u.oldest_ready AS oldest_ready_age
       FROM eo.destination d
       JOIN eo.destination_stats s ON s.destination_id OPERATOR(pg_catalog.=) d.id
       LEFT JOIN LATERAL (
@@ -866,9 +974,31 @@ CREATE VIEW eo.stats AS
              AND NOT EXISTS (SELECT 1 FROM eo.delivery y
                               WHERE y.destination_id OPERATOR(pg_catalog.=) d.id
                                 AND y.message_id OPERATOR(pg_catalog.=) m.id)
-      ) b ON true;
+      ) b ON true
+      -- A queue's messages by state (see eo.queue_message).
+      LEFT JOIN LATERAL (
+          SELECT pg_catalog.count(*) FILTER (
+                     WHERE x.dead_at IS NULL
+                       AND x.visible_at OPERATOR(pg_catalog.<=) pg_catalog.now()) AS ready,
+                 pg_catalog.count(*) FILTER (
+                     WHERE x.dead_at IS NULL AND x.lease IS NOT NULL
+                       AND x.visible_at OPERATOR(pg_catalog.>) pg_catalog.now()) AS leased,
+                 pg_catalog.count(*) FILTER (
+                     WHERE x.dead_at IS NULL AND x.lease IS NULL
+                       AND x.visible_at OPERATOR(pg_catalog.>) pg_catalog.now()) AS retrying,
+                 pg_catalog.count(*) FILTER (WHERE x.dead_at IS NOT NULL) AS dead,
+                 pg_catalog.min(x.enqueued_at) FILTER (
+                     WHERE x.dead_at IS NULL
+                       AND x.visible_at OPERATOR(pg_catalog.<=) pg_catalog.now()) AS oldest_ready,
+                 (SELECT coalesce(pg_catalog.sum(a.acked), 0)::bigint FROM eo.queue_ack a
+                   WHERE a.destination_id OPERATOR(pg_catalog.=) d.id) AS acked_total
+            FROM eo.queue_message x
+           WHERE x.destination_id OPERATOR(pg_catalog.=) d.id
+             AND d.kind OPERATOR(pg_catalog.=) 'queue'
+          HAVING d.kind OPERATOR(pg_catalog.=) 'queue'
+      ) u ON true;
 COMMENT ON VIEW eo.stats IS
-    'per destination: deliveries pending, in flight, retrying and dead, delivered total, oldest pending age, last error and success';
+    'per destination: deliveries pending, in flight, retrying and dead, delivered total, oldest pending age, last error and success; for queues also messages ready and leased, acknowledged total and oldest ready age';
 
 -- Messages that matched no subscription when routed (kept, not dropped).
 CREATE VIEW eo.unrouted AS
@@ -1717,10 +1847,12 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION'
                    ' eo.process(text, text, interval), eo.process(text, text, text),'
                    ' eo.process(text, interval), eo.process_seq(text, bigint, text),'
-                   ' eo.set_result(text, jsonb, text), eo.result(text, text) TO %s', role);
+                   ' eo.set_result(text, jsonb, text), eo.result(text, text),'
+                   ' eo.read(text, integer, interval), eo.ack(text, bigint[]),'
+                   ' eo.nack(text, bigint[], interval) TO %s', role);
 END $$;
 COMMENT ON FUNCTION eo.grant_consumer(regrole) IS
-    'lets a role deduplicate messages (eo.process, eo.process_seq) and store and read its results';
+    'lets a role deduplicate messages (eo.process, eo.process_seq), store and read its results, and call eo.read, eo.ack and eo.nack (on queues that name it among their consumers)';
 
 -- A consumer that also publishes and uses idempotency keys.
 CREATE FUNCTION eo.grant_application(role regrole)
@@ -1771,10 +1903,11 @@ REVOKE ALL ON TABLE
     eo.message_log_0, eo.message_log_1, eo.message_log_2, eo.message_log_rotation,
     eo.destination, eo.subscription, eo.destination_stats,
     eo.delivery, eo.http_attempt,
+    eo.queue_message, eo.queue_ack,
     eo.idempotency_key
 FROM PUBLIC;
 REVOKE ALL ON TABLE eo.destinations, eo.relay_status, eo.stats, eo.unrouted FROM PUBLIC;
-REVOKE ALL ON SEQUENCE eo.idempotency_fence_seq, eo.message_seq FROM PUBLIC;
+REVOKE ALL ON SEQUENCE eo.idempotency_fence_seq, eo.message_seq, eo.queue_lease_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION
     -- inbox
     eo.process(text, text, interval),
@@ -1811,6 +1944,10 @@ REVOKE ALL ON FUNCTION
     eo.relay_status(),
     eo.purge_delivered(bigint),
     eo.route_unrouted(text),
+    -- queues
+    eo.read(text, integer, interval),
+    eo.ack(text, bigint[]),
+    eo.nack(text, bigint[], interval),
     -- idempotency keys
     eo.check_key(text, text),
     eo.lock_key(text, text, bigint),

@@ -5,7 +5,9 @@
 # their payments module (idempotency keys mapped to HTTP answers, the
 # transactional outbox, signed webhooks applied with eo.process, and the
 # relay's own webhooks received on 127.0.0.1) and print one "ok" or
-# "not ok" line per expectation.  This test runs each against a cluster
+# "not ok" line per expectation; so are examples/python/queue_consumer.py
+# and examples/node/queue_consumer.js (consumers of a queue destination).
+# This test runs each against a cluster
 # with eo_processing preloaded and checks their exit status and lines.
 # The node example needs its dependencies: scripts/test runs "npm ci" in
 # examples/node first; without node_modules it is skipped.
@@ -110,6 +112,45 @@ SKIP:
 	  unless -d "$root/examples/node/node_modules/pg";
 	check_example('payment_flow.js', 'node',
 		"$root/examples/node/payment_flow.js");
+}
+
+# The queue consumers (examples/*/queue_consumer.*): two competing
+# consumers woken by the queue's channel apply every message once, in key
+# order, and a lease that ran out refuses the ack (QL001).
+my @queue_expected = (
+	'messages published with no consumer running wait in the queue',
+	'two consumers applied the backlog',
+	'a message published later wakes an idle consumer',
+	'the consumers acked every message',
+	'each message applied exactly once',
+	'per key, messages applied in publishing order',
+	'a lease that ran out: the ack fails with QL001, the work rolls back',
+	'the queue is empty');
+
+sub check_queue_example
+{
+	my ($name, @cmd) = @_;
+	my ($rc, $out) = run_example(@cmd);
+	is($rc, 0, "$name exits 0");
+	unlike($out, qr/^not ok/m, "$name: no expectation failed");
+	for my $what (@queue_expected)
+	{
+		like($out, qr/^ok \d+ - \Q$what\E/m, "$name: $what");
+	}
+	like($out, qr/^\Q$name\E: all \d+ checks passed$/m, "$name: summary line");
+	return;
+}
+
+check_queue_example('queue_consumer.py', $python,
+	"$root/examples/python/queue_consumer.py");
+
+SKIP:
+{
+	skip 'examples/node has no node_modules (scripts/test runs npm ci there)',
+	  3 + @queue_expected
+	  unless -d "$root/examples/node/node_modules/pg";
+	check_queue_example('queue_consumer.js', 'node',
+		"$root/examples/node/queue_consumer.js");
 }
 
 $node->stop;

@@ -96,6 +96,17 @@ my %load = (
 		       CASE m.key WHEN 'k2' THEN 1 ELSE 2 END
 		  FROM m ORDER BY m.id;
 		INSERT INTO eo.message_log_rotation (current_slot, switched_at) VALUES (2, now());
+		-- A queue holding the logged messages (enqueued as the relay
+		-- does), one of them read and acknowledged.
+		SELECT eo.create_destination('q1', 'queue', '{"channel": "q1_ready"}');
+		INSERT INTO eo.queue_message (destination_id, visible_at, enqueued_at, published_at,
+		                              id, topic, key, headers, payload, payload_text)
+		SELECT d.id, now(), now(), m.published_at, m.id, m.topic, m.key, m.headers,
+		       m.payload, m.payload_text
+		  FROM eo.destination d, eo.message_log m
+		 WHERE d.name = 'q1';
+		CREATE TEMP TABLE leased AS SELECT lease FROM eo.read('q1', 1);
+		SELECT eo.ack('q1', ARRAY(SELECT lease FROM leased));
 	},);
 
 my $node = eo_new_node('upgrade');
@@ -224,8 +235,8 @@ is( $node->safe_psql(
 	'upgraded: a completed idempotency key answers with its stored response');
 is( $node->safe_psql(
 		'upgraded', q{SELECT destination, dead, disabled_reason FROM eo.stats ORDER BY 1}),
-	"h1|0|HTTP 410 Gone\nn1|1|",
-	'upgraded: eo.stats shows both destinations with their deliveries');
+	"h1|0|HTTP 410 Gone\nn1|1|\nq1|0|",
+	'upgraded: eo.stats shows the destinations with their deliveries');
 
 ######################################################################
 # Fresh installation, and the comparison

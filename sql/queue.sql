@@ -1,0 +1,177 @@
+-- Queue destinations: options, eo.read / eo.ack / eo.nack, per-key order,
+-- attempts and dead messages, eo.redrive, eo.stats, privileges and bad
+-- input.  The relay is off: eo.relay_run() routes in this session.  Lease
+-- numbers depend on nothing but this file (a fresh database).
+CREATE EXTENSION eo_processing;
+CREATE ROLE regress_eo_q_reader;
+CREATE ROLE regress_eo_q_member;
+CREATE ROLE regress_eo_q_other;
+GRANT regress_eo_q_reader TO regress_eo_q_member;
+SELECT eo.grant_consumer('regress_eo_q_reader');
+SELECT eo.grant_consumer('regress_eo_q_other');
+
+-- Options.
+SELECT eo.create_destination('q', 'queue',
+    '{"channel": "q_wake", "visibility_timeout": "1min", "max_attempts": 2,
+      "consumers": ["regress_eo_q_reader"]}');
+SELECT eo.create_destination('n', 'notify');
+SELECT eo.subscribe('jobs.*', 'q');
+SELECT eo.subscribe('jobs.*', 'n');
+\set VERBOSITY default
+SELECT eo.create_destination('bad', 'queue', '{"channel": ""}');
+SELECT eo.create_destination('bad', 'queue', '{"visibility_timeout": "-1s"}');
+SELECT eo.create_destination('bad', 'queue', '{"visibility_timeout": "0"}');
+SELECT eo.create_destination('bad', 'queue', '{"visibility_timeout": "400 days"}');
+SELECT eo.create_destination('bad', 'queue', '{"visibility_timeout": 30}');
+SELECT eo.create_destination('bad', 'queue', '{"consumers": "regress_eo_q_reader"}');
+SELECT eo.create_destination('bad', 'queue', '{"consumers": [1]}');
+SELECT eo.create_destination('bad', 'queue', '{"consumers": ["regress_eo_q_missing"]}');
+SELECT eo.create_destination('bad', 'queue', '{"concurrency": 4}');
+SELECT eo.alter_destination('q', '{"retry_delays": ["-1s"]}', replace => false);
+SELECT count(*) AS bad_created FROM eo.destination WHERE name = 'bad';
+
+-- Two keys, four messages each (k1: n = 1, 3, 5, 7; k0: n = 2, 4, 6, 8),
+-- and two without a key.
+SELECT count(eo.publish('jobs.run', jsonb_build_object('n', g), 'k' || (g % 2)))
+  FROM generate_series(1, 8) AS g;
+SELECT count(eo.publish('jobs.run', 'plain ' || g)) FROM generate_series(1, 2) AS g;
+SELECT eo.relay_run() AS routed;
+SELECT destination, ready, leased, retrying, dead, acked_total, delivered_total
+  FROM eo.stats ORDER BY destination;
+
+-- One message per key at a time (the first of each), and both without.
+SELECT lease, topic, key, payload, payload_text, attempt FROM eo.read('q');
+-- Nothing more while the heads are leased.
+SELECT count(*) AS more FROM eo.read('q');
+SELECT ready, leased FROM eo.stats WHERE destination = 'q';
+
+-- Ack in the caller's transaction: rolled back, the lease is still
+-- current; committed, the next message of the key becomes readable.
+BEGIN;
+SELECT eo.ack('q', '{1}');
+ROLLBACK;
+SELECT eo.ack('q', '{1, 1, 3, 4}') AS acked;
+SELECT lease, key, payload, attempt FROM eo.read('q');
+
+-- A lease that is no longer current raises QL001 and changes nothing,
+-- even when the other leases of the call are current.
+\set VERBOSITY sqlstate
+SELECT eo.ack('q', '{1}');
+SELECT eo.ack('q', '{2, 1}');
+SELECT eo.nack('q', '{3}');
+\set VERBOSITY default
+SELECT eo.ack('q', '{1}');
+SELECT ready, leased, acked_total FROM eo.stats WHERE destination = 'q';
+
+-- Read and nack rolled back: lease 2 is still the current one.
+BEGIN;
+SELECT eo.nack('q', '{2}') AS given_back;
+SELECT lease, key, payload, attempt FROM eo.read('q');
+ROLLBACK;
+SELECT ready, leased FROM eo.stats WHERE destination = 'q';
+
+-- Nack for later: k0's next message waits behind its first, retrying.
+SELECT eo.nack('q', '{2}', '1 hour') AS back_later;
+SELECT count(*) AS readable FROM eo.read('q');
+SELECT ready, leased, retrying FROM eo.stats WHERE destination = 'q';
+-- Nack with the default schedule (0): readable again at once.
+SELECT eo.nack('q', '{5}') AS back_now;
+
+-- An expired lease whose message nobody took since may still be acked;
+-- once the message was read again it is stale.  (A lease of one
+-- microsecond has expired by the next statement.)
+SELECT lease, key, payload, attempt FROM eo.read('q', 10, '1 microsecond');
+SELECT eo.ack('q', '{7}') AS expired_but_untouched;
+SELECT lease, key, payload, attempt FROM eo.read('q', 10, '1 microsecond');
+SELECT lease, key, payload, attempt FROM eo.read('q');
+\set VERBOSITY sqlstate
+SELECT eo.ack('q', '{8}');
+\set VERBOSITY default
+
+-- max_attempts 2: given back after its second attempt, a message is dead;
+-- it no longer holds its key, and eo.redrive() makes it ready again.
+SELECT eo.nack('q', '{9}') AS nacked;
+SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'q';
+SELECT lease, key, payload, attempt FROM eo.read('q');
+SELECT eo.ack('q', '{10}') AS acked;
+SELECT eo.redrive('q') AS redriven;
+SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'q';
+SELECT lease, key, payload, attempt FROM eo.read('q');
+SELECT eo.ack('q', '{11}') AS acked;
+
+-- Privileges: a consumer (or a member of one) reads; another role gets
+-- 42501 and sees nothing; the tables stay out of reach.
+SELECT count(eo.publish('jobs.run', jsonb_build_object('n', g))) FROM generate_series(9, 10) AS g;
+SELECT eo.relay_run() AS routed;
+\set VERBOSITY sqlstate
+SET ROLE regress_eo_q_other;
+SELECT * FROM eo.read('q');
+SELECT eo.ack('q', '{12}');
+SELECT eo.nack('q', '{12}');
+SELECT * FROM eo.queue_message;
+SELECT * FROM eo.queue_ack;
+SELECT nextval('eo.queue_lease_seq');
+RESET ROLE;
+SET ROLE regress_eo_q_member;
+SELECT lease AS member_lease, payload FROM eo.read('q', 1) \gset
+SELECT :'payload' AS member_read;
+SELECT * FROM eo.queue_message;
+SELECT eo.ack('q', ARRAY[:member_lease]) AS member_acked;
+RESET ROLE;
+SET ROLE regress_eo_q_other;
+SELECT * FROM eo.read('q');
+RESET ROLE;
+SELECT eo.alter_destination('q', '{"consumers": ["regress_eo_q_reader", "regress_eo_q_other"]}',
+                            replace => false);
+SET ROLE regress_eo_q_other;
+SELECT lease AS other_lease, payload FROM eo.read('q', 1, '1 minute') \gset
+SELECT :'payload' AS other_read;
+SELECT eo.nack('q', ARRAY[:other_lease], '1 hour') AS other_nacked;
+RESET ROLE;
+SELECT destination, ready, leased, retrying, dead, acked_total FROM eo.stats WHERE destination = 'q';
+
+-- Bad input: a clear error, nothing changes.
+\set VERBOSITY default
+CREATE TEMP TABLE before AS
+    SELECT qseq, attempt, lease, visible_at, dead_at FROM eo.queue_message;
+SELECT * FROM eo.read(NULL);
+SELECT * FROM eo.read('nowhere');
+SELECT * FROM eo.read('n');
+SELECT * FROM eo.read('q', 0);
+SELECT * FROM eo.read('q', 10001);
+SELECT * FROM eo.read('q', NULL);
+SELECT * FROM eo.read('q', 1, '-1s');
+SELECT * FROM eo.read('q', 1, '0');
+SELECT * FROM eo.read('q', 1, '366 days');
+SELECT eo.ack('q', NULL);
+SELECT eo.ack('q', '{1, NULL}');
+SELECT eo.ack('q', '{{1}, {2}}');
+SELECT eo.ack('nowhere', '{1}');
+SELECT eo.ack('n', '{1}');
+SELECT eo.nack('q', '{1}', '-1s');
+SELECT eo.ack('q', '{}') AS nothing, eo.nack('q', '{}') AS nothing_either;
+SELECT count(*) AS changed
+  FROM (SELECT qseq, attempt, lease, visible_at, dead_at FROM eo.queue_message
+        EXCEPT SELECT * FROM before) AS x;
+
+-- A queue with unacknowledged messages is dropped only with force.
+SELECT eo.unsubscribe('jobs.*', 'q');
+SELECT eo.drop_destination('q');
+SELECT eo.drop_destination('q', force => true);
+SELECT count(*) AS left_behind FROM eo.queue_message;
+
+DROP EXTENSION eo_processing;
+
+-- With objects older than the library (before ALTER EXTENSION UPDATE) a
+-- queue cannot be created: the relay could not enqueue into it.
+\set VERBOSITY terse
+CREATE EXTENSION eo_processing VERSION '0.5.0';
+SELECT eo.create_destination('early', 'queue');
+ALTER EXTENSION eo_processing UPDATE;
+SELECT eo.create_destination('early', 'queue');
+SELECT kind FROM eo.destination;
+DROP EXTENSION eo_processing;
+\set VERBOSITY default
+DROP ROLE regress_eo_q_member;
+DROP ROLE regress_eo_q_reader;
+DROP ROLE regress_eo_q_other;

@@ -1,0 +1,832 @@
+/*-------------------------------------------------------------------------
+ *
+ * sink_queue.c
+ *	  The "queue" sink: routed messages stay in eo.queue_message until a
+ *	  consumer acknowledges them, and the SQL functions consumers call:
+ *	  eo.read(), eo.ack() and eo.nack().
+ *
+ *	  Delivery is inline: the relay's transaction inserts the message into
+ *	  eo.queue_message (a copy of the message, so that nothing here depends
+ *	  on how the message log is stored) and queues a NOTIFY on the
+ *	  destination's "channel", if it has one.  PostgreSQL folds identical
+ *	  notifications of one transaction into one, so a relay batch sends a
+ *	  single notification however many messages it enqueued.
+ *
+ *	  A row of eo.queue_message is, by its columns:
+ *		ready		dead_at IS NULL AND visible_at <= now (this includes
+ *					a lease that expired: it may still be acked until
+ *					somebody reads the message again)
+ *		leased		dead_at IS NULL AND lease IS NOT NULL AND visible_at > now
+ *		retrying	dead_at IS NULL AND lease IS NULL AND visible_at > now
+ *		dead		dead_at IS NOT NULL
+ *	  eo.read() leases ready messages with FOR UPDATE SKIP LOCKED, so that
+ *	  readers never wait for each other; each hand-out gets a new lease from
+ *	  eo.queue_lease_seq and counts an attempt.  A keyed message is handed
+ *	  out only while no earlier message of its key is left in the queue
+ *	  alive (ready, leased or retrying): per-key order.  A message read
+ *	  again after max_attempts hand-outs, or given back by eo.nack() after
+ *	  its last one, is dead: it no longer holds its key, and eo.redrive()
+ *	  makes it ready again.  eo.ack() deletes the rows of current leases in
+ *	  the caller's transaction and counts them in eo.queue_ack.  The
+ *	  channel is also notified when eo.ack() makes the next message of a
+ *	  key readable, and when eo.nack() gives a message back at once; a
+ *	  lease that expires notifies nobody (consumers also read when a wait
+ *	  times out).
+ *
+ *	  Options:
+ *		channel				text, 1..63 bytes: NOTIFY channel of the
+ *							wake-up (payload: the destination's name);
+ *							none by default
+ *		visibility_timeout	interval > 0, at most 365 days; default 30 s
+ *		consumers			array of role names that may read, ack and
+ *							nack (besides the extension's owner and
+ *							superusers); the roles must exist when the
+ *							destination is created or altered
+ *		max_attempts		hand-outs before a message is dead
+ *		retry_delays		how long eo.nack(delay => NULL) keeps a message
+ *							back, by attempt; default 0 (at once)
+ *
+ *	  Privileges: the functions are not SECURITY DEFINER.  They check the
+ *	  calling role against the destination, then run their statements as
+ *	  the extension's owner (whose tables these are); an error on the way
+ *	  restores the caller's identity with the (sub)transaction's abort.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "destination.h"
+#include "sink.h"
+
+PG_FUNCTION_INFO_V1(eo_read);
+PG_FUNCTION_INFO_V1(eo_ack);
+PG_FUNCTION_INFO_V1(eo_nack);
+
+/* Limits of the consumer functions' arguments. */
+#define QUEUE_MAX_READ		10000
+#define QUEUE_MAX_LEASES	100000
+#define QUEUE_MAX_INTERVAL_US	((int64) 365 * USECS_PER_DAY)
+#define QUEUE_MAX_CONSUMERS		100
+
+/*
+ * A lease that is no longer current (documented in the README): class QL,
+ * in the range the SQL standard leaves to implementations (as IK of the
+ * idempotency keys).
+ */
+#define ERRCODE_EO_STALE_LEASE	MAKE_SQLSTATE('Q','L','0','0','1')
+
+typedef struct QueueOptions
+{
+	char	   *channel;		/* NULL: no wake-up */
+	int64		visibility_us;
+	int			nconsumers;
+	char	  **consumers;		/* role names */
+} QueueOptions;
+
+#define QUEUE_OPTIONS(cfg) ((QueueOptions *) (cfg)->sink_options)
+
+static SPIPlanPtr insert_plan = NULL;
+
+/* Microseconds of an interval (a month counts as 30 days). */
+static double
+interval_us(const Interval *iv)
+{
+	return (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
+static void
+queue_init_options(DestinationConfig *cfg)
+{
+	QueueOptions *opts = palloc0(sizeof(QueueOptions));
+
+	opts->visibility_us = 30 * USECS_PER_SEC;
+	cfg->sink_options = opts;
+}
+
+/*
+ * queue_parse_option
+ *		One option of the queue kind; false for a name it does not know.
+ *		Role names are only checked for existence by queue_check_target (a
+ *		role dropped later must not stop the relay from loading).
+ */
+static bool
+queue_parse_option(const char *name, const JsonbValue *v, DestinationConfig *cfg)
+{
+	QueueOptions *opts = QUEUE_OPTIONS(cfg);
+
+	if (strcmp(name, "channel") == 0)
+	{
+		if (v->type != jbvString)
+			eo_bad_option(name, "a string");
+		if (v->val.string.len == 0 || v->val.string.len >= NAMEDATALEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"channel\" must be 1 to %d bytes long", NAMEDATALEN - 1)));
+		opts->channel = pnstrdup(v->val.string.val, v->val.string.len);
+		return true;
+	}
+	if (strcmp(name, "visibility_timeout") == 0)
+	{
+		Datum		d;
+		double		us;
+
+		if (v->type != jbvString)
+			eo_bad_option(name, "an interval string, such as \"30s\"");
+		d = DirectFunctionCall3(interval_in,
+								CStringGetDatum(pnstrdup(v->val.string.val, v->val.string.len)),
+								ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+		us = interval_us(DatumGetIntervalP(d));
+		if (us <= 0 || us > (double) QUEUE_MAX_INTERVAL_US)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"visibility_timeout\" must be longer than 0 and at most 365 days")));
+		opts->visibility_us = (int64) us;
+		return true;
+	}
+	if (strcmp(name, "consumers") == 0)
+	{
+		JsonbIterator *it;
+		JsonbValue	elem;
+		JsonbIteratorToken tok;
+		int			n = 0;
+
+		if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+			eo_bad_option(name, "an array of role names");
+		if (JsonContainerSize(v->val.binary.data) > QUEUE_MAX_CONSUMERS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"consumers\" has more than %d entries", QUEUE_MAX_CONSUMERS)));
+		opts->consumers = palloc0(sizeof(char *) * (JsonContainerSize(v->val.binary.data) + 1));
+		it = JsonbIteratorInit(v->val.binary.data);
+		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		{
+			if (tok != WJB_ELEM)
+				continue;
+			if (elem.type != jbvString || elem.val.string.len == 0 ||
+				elem.val.string.len >= NAMEDATALEN)
+				eo_bad_option(name, "an array of role names");
+			opts->consumers[n++] = pnstrdup(elem.val.string.val, elem.val.string.len);
+		}
+		opts->nconsumers = n;
+		return true;
+	}
+	return false;
+}
+
+/* Is eo.queue_message there (the objects are of 0.6.0 or later)? */
+static bool
+queue_tables_exist(void)
+{
+	Oid			nsp = get_namespace_oid("eo", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("queue_message", nsp));
+}
+
+/*
+ * At create/alter time: the queue's table exists (the relay could not
+ * enqueue into objects older than the library), and every consumer role
+ * exists.
+ */
+static void
+queue_check_target(const DestinationConfig *cfg)
+{
+	const QueueOptions *opts = QUEUE_OPTIONS(cfg);
+
+	if (!queue_tables_exist())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("destinations of kind \"queue\" need the objects of eo_processing 0.6.0"),
+				 errhint("Run ALTER EXTENSION eo_processing UPDATE.")));
+	for (int i = 0; i < opts->nconsumers; i++)
+		(void) get_role_oid(opts->consumers[i], false);
+}
+
+/*
+ * queue_deliver
+ *		Enqueue a message, in the relay's transaction (SPI connected), and
+ *		queue the wake-up notification.  An error aborts the relay's step:
+ *		nothing is recorded and the batch is routed again.
+ */
+static void
+queue_deliver(const DestinationConfig *dest, const EoMessage *msg, SinkOutcome *out)
+{
+	const QueueOptions *opts = QUEUE_OPTIONS(dest);
+	Oid			types[8] = {INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID,
+	TEXTOID, TEXTOID, JSONBOID, JSONBOID};
+	Datum		values[9];
+	char		nulls[9];
+	int			rc;
+
+	if (insert_plan == NULL)
+	{
+		Oid			all[9];
+		SPIPlanPtr	p;
+
+		memcpy(all, types, sizeof(types));
+		all[8] = TEXTOID;
+		p = SPI_prepare("INSERT INTO eo.queue_message (destination_id, visible_at, enqueued_at,"
+						" published_at, id, topic, key, headers, payload, payload_text)"
+						" VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9)", 9, all);
+		if (p == NULL)
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		insert_plan = p;
+	}
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int32GetDatum(dest->id);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[2] = TimestampTzGetDatum(msg->published_at);
+	values[3] = UUIDPGetDatum(&msg->id);
+	values[4] = CStringGetTextDatum(msg->topic);
+	values[5] = msg->key ? CStringGetTextDatum(msg->key) : (Datum) 0;
+	nulls[5] = msg->key ? ' ' : 'n';
+	values[6] = msg->headers ? JsonbPGetDatum(msg->headers) : (Datum) 0;
+	nulls[6] = msg->headers ? ' ' : 'n';
+	values[7] = msg->payload ? JsonbPGetDatum(msg->payload) : (Datum) 0;
+	nulls[7] = msg->payload ? ' ' : 'n';
+	values[8] = msg->payload_text ? CStringGetTextDatum(msg->payload_text) : (Datum) 0;
+	nulls[8] = msg->payload_text ? ' ' : 'n';
+	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "eo_processing: enqueueing failed: %s", SPI_result_code_string(rc));
+	if (opts->channel)
+		Async_Notify(opts->channel, dest->name);
+
+	memset(out, 0, sizeof(SinkOutcome));
+	out->status = -1;
+	out->retry_after_us = -1;
+	out->result = SINK_DELIVERED;
+}
+
+/*
+ * queue_housekeeping
+ *		Fold the rows eo.ack() appended to eo.queue_ack into one per
+ *		destination (SPI connected, in the relay's housekeeping step).
+ *		Returns the rows removed.  Objects older than 0.6.0 (before ALTER
+ *		EXTENSION UPDATE) have no queue tables: nothing to do.
+ */
+static int
+queue_housekeeping(void)
+{
+	int			rc;
+
+	if (!queue_tables_exist())
+		return 0;
+	rc = SPI_execute("WITH gone AS (DELETE FROM eo.queue_ack RETURNING destination_id, acked),"
+					 " sums AS (INSERT INTO eo.queue_ack (destination_id, acked)"
+					 "  SELECT destination_id, sum(acked) FROM gone GROUP BY destination_id"
+					 "  RETURNING 1)"
+					 " SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM sums)",
+					 false, 0);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		return 0;
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		return isnull ? 0 : (int) DatumGetInt64(d);
+	}
+}
+
+const SinkRoutine eo_queue_sink = {
+	.kind = "queue",
+	.option_names = "channel, visibility_timeout, consumers, max_attempts and retry_delays",
+	.init_options = queue_init_options,
+	.parse_option = queue_parse_option,
+	.check_target = queue_check_target,
+	.default_retry_delays = "0",
+	.deliver = queue_deliver,
+	.housekeeping = queue_housekeeping,
+};
+
+/* ---------------------------------------------------------------------
+ * The consumer functions
+ * ---------------------------------------------------------------------
+ */
+
+/* A queue as a consumer function sees it. */
+typedef struct QueueCall
+{
+	DestinationConfig cfg;
+	Oid			saved_user;
+	int			saved_sec_context;
+} QueueCall;
+
+/*
+ * queue_open
+ *		Find the queue destination called "name", check that the calling
+ *		role may consume from it, then connect SPI and run as the
+ *		extension's owner until queue_close().  Errors: 22004 (NULL name),
+ *		42704 (no such destination), 42809 (not a queue), 42501 (the role
+ *		is not a consumer).  The configuration is palloc'd in the caller's
+ *		context.
+ */
+static void
+queue_open(FunctionCallInfo fcinfo, QueueCall *q)
+{
+	char	   *name;
+	Oid			owner = eo_extension_owner();
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	bool		isnull;
+	char	   *kind;
+	Jsonb	   *options;
+	int32		id;
+	MemoryContext callercxt = CurrentMemoryContext;
+	bool		allowed;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("destination must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	GetUserIdAndSecContext(&q->saved_user, &q->saved_sec_context);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "eo_processing: SPI_connect failed");
+	SetUserIdAndSecContext(owner, q->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	args[0] = CStringGetTextDatum(name);
+	if (SPI_execute_with_args("SELECT id, kind, options FROM eo.destination WHERE name = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eo_processing: reading eo.destination failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("destination \"%s\" does not exist", name)));
+	id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	{
+		MemoryContext spicxt = MemoryContextSwitchTo(callercxt);
+
+		kind = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 2, &isnull));
+		options = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 3, &isnull));
+		MemoryContextSwitchTo(spicxt);
+	}
+	if (strcmp(kind, eo_queue_sink.kind) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("destination \"%s\" is not a queue", name),
+				 errdetail("It is of kind \"%s\".", kind),
+				 errhint("eo.read(), eo.ack() and eo.nack() work on destinations of kind \"queue\".")));
+	{
+		MemoryContext spicxt = MemoryContextSwitchTo(callercxt);
+
+		eo_parse_destination(kind, options, &q->cfg);
+		MemoryContextSwitchTo(spicxt);
+	}
+	q->cfg.id = id;
+	q->cfg.name = name;
+
+	/* The caller's rights, checked as the caller. */
+	allowed = superuser_arg(q->saved_user) ||
+		(OidIsValid(owner) && has_privs_of_role(q->saved_user, owner));
+	for (int i = 0; i < QUEUE_OPTIONS(&q->cfg)->nconsumers && !allowed; i++)
+	{
+		Oid			role = get_role_oid(QUEUE_OPTIONS(&q->cfg)->consumers[i], true);
+
+		allowed = OidIsValid(role) && has_privs_of_role(q->saved_user, role);
+	}
+	if (!allowed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for queue \"%s\"", name),
+				 errdetail("Only the roles named in the destination's \"consumers\" option, the owner of extension eo_processing and superusers may read, acknowledge or give back its messages."),
+				 errhint("The owner adds a role with eo.alter_destination('%s', '{\"consumers\": [...]}', replace => false).",
+						 name)));
+}
+
+/* Back to the caller's identity, and disconnect SPI. */
+static void
+queue_close(QueueCall *q)
+{
+	SetUserIdAndSecContext(q->saved_user, q->saved_sec_context);
+	SPI_finish();
+}
+
+/*
+ * interval_arg
+ *		An interval argument in microseconds, refused when negative (or,
+ *		unless zero_ok, zero) or longer than 365 days.
+ */
+static int64
+interval_arg(FunctionCallInfo fcinfo, int argno, const char *what, bool zero_ok)
+{
+	double		us = interval_us(PG_GETARG_INTERVAL_P(argno));
+
+	if (us < 0 || (!zero_ok && us == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg(zero_ok ? "%s must not be negative" : "%s must be positive", what)));
+	if (us > (double) QUEUE_MAX_INTERVAL_US)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be longer than 365 days", what)));
+	return (int64) us;
+}
+
+/* qsort comparator of leases. */
+static int
+lease_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * leases_arg
+ *		The leases of eo.ack()/eo.nack(): a one-dimensional bigint array
+ *		without NULLs.  Returns it (as given) and, in *ndistinct, how many
+ *		different leases it holds.
+ */
+static ArrayType *
+leases_arg(FunctionCallInfo fcinfo, int argno, int *ndistinct)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int64	   *vals;
+	int			distinct = 0;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("leases must not be null")));
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("leases must be a one-dimensional array")));
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls, &n);
+	if (n > QUEUE_MAX_LEASES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many leases: %d", n),
+				 errdetail("At most %d leases go in one call.", QUEUE_MAX_LEASES)));
+	vals = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("leases must not contain null")));
+		vals[i] = DatumGetInt64(elems[i]);
+	}
+	qsort(vals, n, sizeof(int64), lease_cmp);
+	for (int i = 0; i < n; i++)
+	{
+		if (i == 0 || vals[i] != vals[i - 1])
+			distinct++;
+	}
+	pfree(vals);
+	*ndistinct = distinct;
+	return arr;
+}
+
+/*
+ * stale_lease_error
+ *		Raise QL001 for the first lease of "arr" not among the leases in
+ *		column 1 of the last SPI result (the rows the call changed).  The caller's transaction
+ *		must roll back: its work depended on a lease it no longer holds.
+ */
+static void
+stale_lease_error(ArrayType *arr, const char *queue, const char *what)
+{
+	Datum	   *elems;
+	int			n;
+	int64		stale = 0;
+
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
+	for (int i = 0; i < n && stale == 0; i++)
+	{
+		bool		found = false;
+
+		for (uint64 r = 0; r < SPI_processed && !found; r++)
+		{
+			bool		isnull;
+
+			found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+												1, &isnull)) == DatumGetInt64(elems[i]);
+		}
+		if (!found)
+			stale = DatumGetInt64(elems[i]);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_EO_STALE_LEASE),
+			 errmsg("lease " INT64_FORMAT " of queue \"%s\" is no longer current", stale, queue),
+			 errdetail("Its message was acknowledged or given back already, or the lease expired and the message was read again."),
+			 errhint("Roll back the work done under this lease: %s applies to no message, and another consumer may hold it now.",
+					 what)));
+}
+
+/*
+ * eo.read(destination text, max_messages int DEFAULT 100,
+ *		   visibility interval DEFAULT NULL)
+ * RETURNS TABLE (id uuid, lease bigint, topic text, key text, headers jsonb,
+ *				  payload jsonb, payload_text text, published_at timestamptz,
+ *				  attempt int)
+ *
+ * Leases up to max_messages ready messages to the caller for "visibility"
+ * (NULL: the destination's visibility_timeout), oldest first, skipping
+ * rows other readers hold locked (never waits for them).  A message read
+ * again after its last attempt is marked dead instead of returned.  The
+ * leases take effect when the caller's transaction commits.
+ */
+Datum
+eo_read(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	QueueCall	q;
+	int			max_messages;
+	int64		visibility_us = -1;
+	int			wanted;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max_messages must not be null")));
+	max_messages = PG_GETARG_INT32(1);
+	if (max_messages < 1 || max_messages > QUEUE_MAX_READ)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_messages must be between 1 and %d", QUEUE_MAX_READ)));
+	if (!PG_ARGISNULL(2))
+		visibility_us = interval_arg(fcinfo, 2, "visibility", false);
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	queue_open(fcinfo, &q);
+	if (visibility_us < 0)
+		visibility_us = QUEUE_OPTIONS(&q.cfg)->visibility_us;
+
+	if (plan == NULL)
+	{
+		Oid			types[5] = {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID};
+		SPIPlanPtr	p;
+
+		/*
+		 * The candidates: alive and visible, first of their key among the
+		 * alive messages, oldest first; rows locked by another reader are
+		 * skipped.  Each is leased, or marked dead after its last attempt.
+		 */
+		p = SPI_prepare("WITH taken AS ("
+						" UPDATE eo.queue_message q"
+						"    SET lease = CASE WHEN q.attempt >= $5 THEN NULL"
+						"                     ELSE nextval('eo.queue_lease_seq') END,"
+						"        attempt = CASE WHEN q.attempt >= $5 THEN q.attempt ELSE q.attempt + 1 END,"
+						"        visible_at = CASE WHEN q.attempt >= $5 THEN q.visible_at ELSE $4 END,"
+						"        dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
+						"  WHERE q.ctid = ANY (ARRAY("
+						"        SELECT c.ctid FROM eo.queue_message c"
+						"         WHERE c.destination_id = $1 AND c.dead_at IS NULL"
+						"           AND c.visible_at <= $3"
+						"           AND (c.key IS NULL OR NOT EXISTS ("
+						"                SELECT 1 FROM eo.queue_message e"
+						"                 WHERE e.destination_id = $1 AND e.key = c.key"
+						"                   AND e.qseq < c.qseq AND e.dead_at IS NULL))"
+						"         ORDER BY c.visible_at, c.qseq"
+						"         LIMIT $2"
+						"         FOR UPDATE SKIP LOCKED))"
+						" RETURNING q.qseq, q.id, q.lease, q.topic, q.key, q.headers, q.payload,"
+						"           q.payload_text, q.published_at, q.attempt, q.dead_at IS NOT NULL)"
+						" SELECT id, lease, topic, key, headers, payload, payload_text,"
+						"        published_at, attempt, dead"
+						"   FROM taken AS t (qseq, id, lease, topic, key, headers, payload,"
+						"                    payload_text, published_at, attempt, dead)"
+						"  ORDER BY qseq", 5, types);
+		if (p == NULL)
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+	}
+
+	/*
+	 * Messages that died take places in the batch: read again for those
+	 * (a few rounds at most, so that a queue of dying messages cannot keep
+	 * one call busy).
+	 */
+	wanted = max_messages;
+	for (int round = 0; round < 10 && wanted > 0; round++)
+	{
+		Datum		args[5];
+		int			died = 0;
+		uint64		got;
+
+		args[0] = Int32GetDatum(q.cfg.id);
+		args[1] = Int32GetDatum(wanted);
+		args[2] = TimestampTzGetDatum(now);
+		args[3] = TimestampTzGetDatum(now + visibility_us);
+		args[4] = Int32GetDatum(q.cfg.max_attempts);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "eo_processing: eo.read() failed");
+		got = SPI_processed;
+		for (uint64 r = 0; r < got; r++)
+		{
+			Datum		values[10];
+			bool		nulls[10];
+
+			heap_deform_tuple(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, values, nulls);
+			if (DatumGetBool(values[9]))
+			{
+				died++;
+				continue;
+			}
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			wanted--;
+		}
+		if (died == 0)
+			break;
+	}
+	queue_close(&q);
+	return (Datum) 0;
+}
+
+/*
+ * eo.ack(destination text, leases bigint[]) RETURNS bigint
+ *
+ * Finishes the leased messages in the caller's transaction (deletes them)
+ * and returns how many.  Any lease that is not current raises QL001 and
+ * changes nothing.  Duplicates in the array count once.  Acknowledging a
+ * keyed message makes the next one of its key readable: that wakes the
+ * listeners of the channel at commit.
+ */
+Datum
+eo_ack(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr count_plan = NULL;
+	QueueCall	q;
+	ArrayType  *leases;
+	int			ndistinct;
+	int64		n;
+	bool		next_readable = false;
+
+	leases = leases_arg(fcinfo, 1, &ndistinct);
+	queue_open(fcinfo, &q);
+	if (ndistinct == 0)
+	{
+		queue_close(&q);
+		PG_RETURN_INT64(0);
+	}
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT4OID, INT8ARRAYOID};
+		SPIPlanPtr	p = SPI_prepare("DELETE FROM eo.queue_message"
+									" WHERE lease = ANY ($2) AND destination_id = $1"
+									" RETURNING lease, key IS NOT NULL", 2, types);
+
+		if (p == NULL)
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+		types[1] = INT8OID;
+		p = SPI_prepare("INSERT INTO eo.queue_ack (destination_id, acked) VALUES ($1, $2)",
+						2, types);
+		if (p == NULL)
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		count_plan = p;
+	}
+	{
+		Datum		args[2] = {Int32GetDatum(q.cfg.id), PointerGetDatum(leases)};
+
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+			elog(ERROR, "eo_processing: eo.ack() failed");
+	}
+	n = (int64) SPI_processed;
+	if (n < ndistinct)
+		stale_lease_error(leases, q.cfg.name, "the acknowledgement");
+	/* The next message of an acknowledged one's key is readable now. */
+	for (uint64 r = 0; r < SPI_processed && !next_readable; r++)
+	{
+		bool		isnull;
+
+		next_readable = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	if (next_readable && QUEUE_OPTIONS(&q.cfg)->channel)
+		Async_Notify(QUEUE_OPTIONS(&q.cfg)->channel, q.cfg.name);
+	{
+		Datum		args[2] = {Int32GetDatum(q.cfg.id), Int64GetDatum(n)};
+
+		if (SPI_execute_plan(count_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "eo_processing: counting acknowledgements failed");
+	}
+	queue_close(&q);
+	PG_RETURN_INT64(n);
+}
+
+/*
+ * eo.nack(destination text, leases bigint[], delay interval DEFAULT NULL)
+ * RETURNS bigint
+ *
+ * Gives the leased messages back: readable again after "delay" (NULL: the
+ * destination's retry_delays for the attempt made, 0 by default); a
+ * message that had its last attempt is dead.  Stale leases raise QL001.
+ * A message readable at once wakes the listeners of the channel.
+ */
+Datum
+eo_nack(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	QueueCall	q;
+	ArrayType  *leases;
+	int			ndistinct;
+	int64		n;
+	int64		delay_us = -1;
+	Datum	   *delays;
+	int			ndelays;
+	bool		now_ready = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	leases = leases_arg(fcinfo, 1, &ndistinct);
+	if (!PG_ARGISNULL(2))
+		delay_us = interval_arg(fcinfo, 2, "delay", true);
+	queue_open(fcinfo, &q);
+	if (ndistinct == 0)
+	{
+		queue_close(&q);
+		PG_RETURN_INT64(0);
+	}
+	if (delay_us >= 0)
+	{
+		ndelays = 1;
+		delays = palloc(sizeof(Datum));
+		delays[0] = Int64GetDatum(delay_us);
+	}
+	else
+	{
+		ndelays = q.cfg.ndelays;
+		delays = palloc(sizeof(Datum) * ndelays);
+		for (int i = 0; i < ndelays; i++)
+			delays[i] = Int64GetDatum(q.cfg.delays_us[i]);
+	}
+	if (plan == NULL)
+	{
+		Oid			types[5] = {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID, INT4OID};
+		SPIPlanPtr	p;
+
+		p = SPI_prepare("UPDATE eo.queue_message q"
+						"   SET lease = NULL,"
+						"       visible_at = $3 + make_interval(secs =>"
+						"           $4[least(greatest(q.attempt, 1), cardinality($4))] / 1000000.0),"
+						"       dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
+						" WHERE q.lease = ANY ($2) AND q.destination_id = $1"
+						" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3",
+						5, types);
+		if (p == NULL)
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+	}
+	{
+		Datum		args[5];
+
+		args[0] = Int32GetDatum(q.cfg.id);
+		args[1] = PointerGetDatum(leases);
+		args[2] = TimestampTzGetDatum(now);
+		args[3] = PointerGetDatum(construct_array(delays, ndelays, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[4] = Int32GetDatum(q.cfg.max_attempts);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "eo_processing: eo.nack() failed");
+	}
+	n = (int64) SPI_processed;
+	if (n < ndistinct)
+		stale_lease_error(leases, q.cfg.name, "giving it back");
+	for (uint64 r = 0; r < SPI_processed && !now_ready; r++)
+	{
+		bool		isnull;
+
+		now_ready = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+											   2, &isnull));
+	}
+	if (now_ready && QUEUE_OPTIONS(&q.cfg)->channel)
+		Async_Notify(QUEUE_OPTIONS(&q.cfg)->channel, q.cfg.name);
+	queue_close(&q);
+	PG_RETURN_INT64(n);
+}

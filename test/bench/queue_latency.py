@@ -1,0 +1,53 @@
+#!/usr/bin/python3
+"""queue_latency.py: the LISTEN-woken consumer of test/bench/queue_bench.sh.
+
+    queue_latency.py CONNINFO QUEUE CHANNEL SECONDS
+
+Consumes the queue for SECONDS: waits for a notification on CHANNEL,
+reads (eo.read, up to 100), acks, and records for every message the time
+from its publishing (published_at, taken inside the publishing
+transaction: an upper bound of the time since its commit) to the moment
+eo.read returned it (clock_timestamp() in the same statement).  Prints
+key=value statistics: count, p50_ms, p99_ms, max_ms.
+"""
+
+import select
+import sys
+import time
+
+import psycopg
+
+
+def main():
+    conninfo, queue, channel, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    lat = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("LISTEN %s" % channel)
+        woken = [False]
+        conn.add_notify_handler(lambda n: woken.__setitem__(0, True))
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            woken[0] = False
+            rows = conn.execute(
+                "SELECT lease, extract(epoch FROM clock_timestamp() - published_at) * 1000"
+                " FROM eo.read(%s, 100)", (queue,)).fetchall()
+            if rows:
+                conn.execute("SELECT eo.ack(%s, %s)", (queue, [r[0] for r in rows]))
+                lat.extend(float(r[1]) for r in rows)
+                continue
+            if woken[0]:
+                continue
+            select.select([conn.fileno()], [], [], max(0.0, min(1.0, end - time.monotonic())))
+            conn.pgconn.consume_input()
+            while conn.pgconn.notifies() is not None:
+                pass
+    lat.sort()
+    n = len(lat)
+
+    def pct(p):
+        return lat[min(n - 1, int(p * n))] if n else 0.0
+    print("count=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f" % (n, pct(0.50), pct(0.99), lat[-1] if n else 0.0))
+
+
+if __name__ == "__main__":
+    main()
