@@ -108,7 +108,167 @@ END $$;
 
 -- Views are bound to the table they were made on (now slot 0): bind them
 -- to the parent again.
+CREATE OR REPLACE VIEW eo.stats AS
+    SELECT d.name AS destination,
+           d.kind,
+           d.enabled,
+           coalesce(q.pending, 0) OPERATOR(pg_catalog.+) coalesce(b.waiting, 0) AS pending,
+           coalesce(q.in_flight, 0) OPERATOR(pg_catalog.+) coalesce(b.sending, 0) AS in_flight,
+           coalesce(q.retrying, 0) AS retrying,
+           coalesce(q.dead, 0) AS dead,
+           s.delivered_total,
+           pg_catalog.now() OPERATOR(pg_catalog.-) LEAST(q.oldest_pending, b.oldest) AS oldest_pending_age,
+           s.last_error,
+           s.last_error_at,
+           s.last_success_at,
+           d.disabled_reason
+      FROM eo.destination d
+      JOIN eo.destination_stats s ON s.destination_id OPERATOR(pg_catalog.=) d.id
+      LEFT JOIN LATERAL (
+          SELECT pg_catalog.count(*) FILTER (WHERE x.state OPERATOR(pg_catalog.=) 'pending') AS pending,
+                 pg_catalog.count(*) FILTER (WHERE x.state OPERATOR(pg_catalog.=) 'in_flight') AS in_flight,
+                 pg_catalog.count(*) FILTER (WHERE x.state OPERATOR(pg_catalog.=) 'retrying') AS retrying,
+                 pg_catalog.count(*) FILTER (WHERE x.state OPERATOR(pg_catalog.=) 'dead') AS dead,
+                 pg_catalog.min(x.created_at) FILTER (WHERE x.state OPERATOR(pg_catalog.<>) 'dead') AS oldest_pending
+            FROM eo.delivery x
+           WHERE x.destination_id OPERATOR(pg_catalog.=) d.id
+      ) q ON true
+      -- Messages of the log after the cursor: in the window being sent, or
+      -- waiting for the next one (those set aside are counted above).
+      LEFT JOIN LATERAL (
+          SELECT pg_catalog.count(*) FILTER (
+                     WHERE m.seq OPERATOR(pg_catalog.>) coalesce(s.sending_seq, s.delivered_seq)) AS waiting,
+                 pg_catalog.count(*) FILTER (
+                     WHERE m.seq OPERATOR(pg_catalog.<=) s.sending_seq) AS sending,
+                 pg_catalog.min(m.routed_at) AS oldest
+            FROM eo.message_log m
+           WHERE m.seq OPERATOR(pg_catalog.>) s.delivered_seq
+             AND d.id OPERATOR(pg_catalog.=) ANY (m.routes)
+             AND NOT EXISTS (SELECT 1 FROM eo.delivery y
+                              WHERE y.destination_id OPERATOR(pg_catalog.=) d.id
+                                AND y.message_id OPERATOR(pg_catalog.=) m.id)
+      ) b ON true;
+
+CREATE OR REPLACE VIEW eo.unrouted AS
+    SELECT id, topic, key, published_at, routed_at
+      FROM eo.message_log
+     WHERE destinations OPERATOR(pg_catalog.=) 0;
+
+-- The housekeeping of the relay's tables; the relay calls it, operators
+-- may too.  Returns how many messages left the log.
+--
+-- The log (eo.message_log) loses whole slots: the next slot after the
+-- current one is emptied with TRUNCATE and becomes current when
+--   - the current slot has been current for half of eo.outbox_retention,
+--   - the last message routed into the next slot is older than
+--     eo.outbox_retention (so every message is kept at least that long),
+--   - every destination's cursor has passed every message routed to it
+--     there (a lagging or disabled destination holds the rotation back;
+--     the current slot grows meanwhile), and
+--   - no other session has the slot open (LOCK ... NOWAIT; else the next
+--     call tries again).
+-- Messages a delivery still needs (retrying, held behind a key, dead)
+-- are copied to the current slot first.  With a retention of 0 one call
+-- may turn all three slots.
+--
+-- HTTP attempts older than eo.outbox_retention and key rows idle for as
+-- long are deleted row by row (at most max_rows attempts; all when NULL):
+-- both are small (attempts are logged for failures unless log_attempts is
+-- 'all').  A negative max_rows is refused.
+CREATE OR REPLACE FUNCTION eo.purge_delivered(max_rows bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    retention interval := pg_catalog.current_setting('eo.outbox_retention')::pg_catalog.interval;
+    horizon timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) retention;
+    removed bigint := 0;
+    rot record;
+    next_slot smallint;
+    part text;
+    newest timestamptz;
+    pinned boolean;
+    kept bigint;
+    total bigint;
+BEGIN
+    IF max_rows OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'max_rows must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    INSERT INTO eo.message_log_rotation (current_slot, switched_at)
+    VALUES (0, pg_catalog.now()) ON CONFLICT DO NOTHING;
+    FOR turn IN 1..3 LOOP
+        -- One rotation at a time (the relay and operators may both call).
+        SELECT current_slot, switched_at INTO rot
+          FROM eo.message_log_rotation FOR UPDATE;
+        EXIT WHEN NOT FOUND;
+        EXIT WHEN rot.switched_at OPERATOR(pg_catalog.>)
+                  (pg_catalog.now() OPERATOR(pg_catalog.-) (retention OPERATOR(pg_catalog./) 2));
+        next_slot := (rot.current_slot OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.%) 3;
+        part := pg_catalog.format('eo.message_log_%s', next_slot);
+        -- The last message routed into it (positions follow routing; rows
+        -- routed before 0.5.0 have none).
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.max(t.routed_at) FROM ('
+            '  (SELECT routed_at FROM %s ORDER BY seq DESC NULLS LAST LIMIT 1)'
+            '  UNION ALL (SELECT routed_at FROM %s WHERE seq IS NULL)) AS t', part, part)
+          INTO newest;
+        EXIT WHEN newest OPERATOR(pg_catalog.>) horizon;
+        EXECUTE pg_catalog.format(
+            'SELECT EXISTS (SELECT 1 FROM eo.destination_stats AS s'
+            '                WHERE EXISTS (SELECT 1 FROM %s AS m'
+            '                               WHERE m.seq OPERATOR(pg_catalog.>) s.delivered_seq'
+            '                                 AND s.destination_id OPERATOR(pg_catalog.=) ANY (m.routes)))',
+            part)
+          INTO pinned;
+        EXIT WHEN pinned;
+        BEGIN
+            EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
+        EXCEPTION WHEN lock_not_available THEN
+            EXIT;
+        END;
+        EXECUTE pg_catalog.format(
+            'INSERT INTO eo.message_log (id, published_at, topic, key, headers, payload,'
+            '                            payload_text, routed_at, destinations, published_by,'
+            '                            seq, routes, slot)'
+            ' SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,'
+            '        m.payload_text, m.routed_at, m.destinations, m.published_by,'
+            '        m.seq, m.routes, $1'
+            '   FROM %s AS m'
+            '  WHERE m.id IN (SELECT d.message_id FROM eo.delivery AS d)', part)
+          USING rot.current_slot;
+        GET DIAGNOSTICS kept = ROW_COUNT;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s', part) INTO total;
+        EXECUTE pg_catalog.format('TRUNCATE %s', part);
+        UPDATE eo.message_log_rotation
+           SET current_slot = next_slot, switched_at = pg_catalog.now();
+        removed := removed OPERATOR(pg_catalog.+) total OPERATOR(pg_catalog.-) kept;
+    END LOOP;
+
+    DELETE FROM eo.outbox_key AS k
+     WHERE k.last_used OPERATOR(pg_catalog.<) horizon
+       AND NOT EXISTS (SELECT 1 FROM eo.outbox AS o
+                        WHERE o.key OPERATOR(pg_catalog.=) k.key);
+    WITH old_attempts AS (
+        SELECT a.ctid AS tid
+          FROM eo.http_attempt AS a
+         WHERE a.attempted_at OPERATOR(pg_catalog.<) horizon
+         ORDER BY a.attempted_at
+         LIMIT max_rows
+    )
+    DELETE FROM eo.http_attempt AS a
+     USING old_attempts
+     WHERE a.ctid OPERATOR(pg_catalog.=) old_attempts.tid;
+    RETURN removed;
+END $$;
+COMMENT ON FUNCTION eo.purge_delivered(bigint) IS
+    'empties the oldest slot of eo.message_log when everything in it is older than eo.outbox_retention and delivered (TRUNCATE), and deletes older HTTP attempts (at most max_rows) and idle key rows; returns how many messages left the log';
+
+----------------------------------------------------------------------
 -- Issue #14: queue destinations.
+----------------------------------------------------------------------
 --
 -- Destinations of kind 'queue': the relay enqueues routed messages in
 -- eo.queue_message; consumers lease them with eo.read() and finish them
@@ -283,8 +443,6 @@ CREATE OR REPLACE VIEW eo.stats AS
            d.enabled,
            coalesce(q.pending, 0) OPERATOR(pg_catalog.+) coalesce(b.waiting, 0) AS pending,
            coalesce(q.in_flight, 0) OPERATOR(pg_catalog.+) coalesce(b.sending, 0) AS in_flight,
-           coalesce(q.retrying, 0) AS retrying,
-           coalesce(q.dead, 0) AS dead,
            coalesce(q.retrying, 0) OPERATOR(pg_catalog.+) coalesce(u.retrying, 0) AS retrying,
            coalesce(q.dead, 0) OPERATOR(pg_catalog.+) coalesce(u.dead, 0) AS dead,
            s.delivered_total,
@@ -292,7 +450,6 @@ CREATE OR REPLACE VIEW eo.stats AS
            s.last_error,
            s.last_error_at,
            s.last_success_at,
-           d.disabled_reason
            d.disabled_reason,
            -- Queues only (NULL for other kinds): messages ready to read
            -- (with expired leases), leased, acknowledged in all, and the
@@ -326,148 +483,6 @@ CREATE OR REPLACE VIEW eo.stats AS
              AND NOT EXISTS (SELECT 1 FROM eo.delivery y
                               WHERE y.destination_id OPERATOR(pg_catalog.=) d.id
                                 AND y.message_id OPERATOR(pg_catalog.=) m.id)
-      ) b ON true;
-
-CREATE OR REPLACE VIEW eo.unrouted AS
-    SELECT id, topic, key, published_at, routed_at
-      FROM eo.message_log
-     WHERE destinations OPERATOR(pg_catalog.=) 0;
-
--- The housekeeping of the relay's tables; the relay calls it, operators
--- may too.  Returns how many messages left the log.
---
--- The log (eo.message_log) loses whole slots: the next slot after the
--- current one is emptied with TRUNCATE and becomes current when
---   - the current slot has been current for half of eo.outbox_retention,
---   - the last message routed into the next slot is older than
---     eo.outbox_retention (so every message is kept at least that long),
---   - every destination's cursor has passed every message routed to it
---     there (a lagging or disabled destination holds the rotation back;
---     the current slot grows meanwhile), and
---   - no other session has the slot open (LOCK ... NOWAIT; else the next
---     call tries again).
--- Messages a delivery still needs (retrying, held behind a key, dead)
--- are copied to the current slot first.  With a retention of 0 one call
--- may turn all three slots.
---
--- HTTP attempts older than eo.outbox_retention and key rows idle for as
--- long are deleted row by row (at most max_rows attempts; all when NULL):
--- both are small (attempts are logged for failures unless log_attempts is
--- 'all').  A negative max_rows is refused.
-CREATE OR REPLACE FUNCTION eo.purge_delivered(max_rows bigint DEFAULT NULL)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    retention interval := pg_catalog.current_setting('eo.outbox_retention')::pg_catalog.interval;
-    horizon timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) retention;
-    removed bigint := 0;
-    rot record;
-    next_slot smallint;
-    part text;
-    newest timestamptz;
-    pinned boolean;
-    kept bigint;
-    total bigint;
-BEGIN
-    IF max_rows OPERATOR(pg_catalog.<) 0 THEN
-        RAISE EXCEPTION 'max_rows must not be negative' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    INSERT INTO eo.message_log_rotation (current_slot, switched_at)
-    VALUES (0, pg_catalog.now()) ON CONFLICT DO NOTHING;
-    FOR turn IN 1..3 LOOP
-        -- One rotation at a time (the relay and operators may both call).
-        SELECT current_slot, switched_at INTO rot
-          FROM eo.message_log_rotation FOR UPDATE;
-        EXIT WHEN NOT FOUND;
-        EXIT WHEN rot.switched_at OPERATOR(pg_catalog.>)
-                  (pg_catalog.now() OPERATOR(pg_catalog.-) (retention OPERATOR(pg_catalog./) 2));
-        next_slot := (rot.current_slot OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.%) 3;
-        part := pg_catalog.format('eo.message_log_%s', next_slot);
-        -- The last message routed into it (positions follow routing; rows
-        -- routed before 0.5.0 have none).
-        EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.max(t.routed_at) FROM ('
-            '  (SELECT routed_at FROM %s ORDER BY seq DESC NULLS LAST LIMIT 1)'
-            '  UNION ALL (SELECT routed_at FROM %s WHERE seq IS NULL)) AS t', part, part)
-          INTO newest;
-        EXIT WHEN newest OPERATOR(pg_catalog.>) horizon;
-        EXECUTE pg_catalog.format(
-            'SELECT EXISTS (SELECT 1 FROM eo.destination_stats AS s'
-            '                WHERE EXISTS (SELECT 1 FROM %s AS m'
-            '                               WHERE m.seq OPERATOR(pg_catalog.>) s.delivered_seq'
-            '                                 AND s.destination_id OPERATOR(pg_catalog.=) ANY (m.routes)))',
-            part)
-          INTO pinned;
-        EXIT WHEN pinned;
-        BEGIN
-            EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
-        EXCEPTION WHEN lock_not_available THEN
-            EXIT;
-        END;
-        EXECUTE pg_catalog.format(
-            'INSERT INTO eo.message_log (id, published_at, topic, key, headers, payload,'
-            '                            payload_text, routed_at, destinations, published_by,'
-            '                            seq, routes, slot)'
-            ' SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,'
-            '        m.payload_text, m.routed_at, m.destinations, m.published_by,'
-            '        m.seq, m.routes, $1'
-            '   FROM %s AS m'
-            '  WHERE m.id IN (SELECT d.message_id FROM eo.delivery AS d)', part)
-          USING rot.current_slot;
-        GET DIAGNOSTICS kept = ROW_COUNT;
-        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s', part) INTO total;
-        EXECUTE pg_catalog.format('TRUNCATE %s', part);
-        UPDATE eo.message_log_rotation
-           SET current_slot = next_slot, switched_at = pg_catalog.now();
-        removed := removed OPERATOR(pg_catalog.+) total OPERATOR(pg_catalog.-) kept;
-    END LOOP;
-
-    DELETE FROM eo.outbox_key AS k
-     WHERE k.last_used OPERATOR(pg_catalog.<) horizon
-       AND NOT EXISTS (SELECT 1 FROM eo.outbox AS o
-                        WHERE o.key OPERATOR(pg_catalog.=) k.key);
-    WITH old_attempts AS (
-        SELECT a.ctid AS tid
-          FROM eo.http_attempt AS a
-         WHERE a.attempted_at OPERATOR(pg_catalog.<) horizon
-         ORDER BY a.attempted_at
-         LIMIT max_rows
-    )
-    DELETE FROM eo.http_attempt AS a
-     USING old_attempts
-     WHERE a.ctid OPERATOR(pg_catalog.=) old_attempts.tid;
-    RETURN removed;
-END $$;
-COMMENT ON FUNCTION eo.purge_delivered(bigint) IS
-    'empties the oldest slot of eo.message_log when everything in it is older than eo.outbox_retention and delivered (TRUNCATE), and deletes older HTTP attempts (at most max_rows) and idle key rows; returns how many messages left the log';
--- Issue #11: nats destinations.
---
--- A new kind of destination, 'nats' (the library's sink; the option checker
--- already accepts every kind it has).  eo.destinations hides its secrets:
--- the options credentials, token and password.
-CREATE OR REPLACE VIEW eo.destinations AS
-    SELECT d.name, d.kind, d.enabled, d.disabled_reason,
-           CASE WHEN d.kind OPERATOR(pg_catalog.=) 'http' THEN
-               (d.options OPERATOR(pg_catalog.-) ARRAY['signing_secret', 'headers'])
-               OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-                   'signing_secret', CASE WHEN d.options OPERATOR(pg_catalog.?) 'signing_secret'
-                                          THEN '(hidden)' END,
-                   'headers', (SELECT pg_catalog.jsonb_object_agg(h.key, '(hidden)')
-                                 FROM pg_catalog.jsonb_each(d.options OPERATOR(pg_catalog.->) 'headers') AS h)))
-                WHEN d.kind OPERATOR(pg_catalog.=) 'nats' THEN
-               (d.options OPERATOR(pg_catalog.-) ARRAY['credentials', 'token', 'password'])
-               OPERATOR(pg_catalog.||) (SELECT pg_catalog.jsonb_object_agg(s.key, '(hidden)')
-                                          FROM pg_catalog.jsonb_each(d.options) AS s
-                                         WHERE s.key OPERATOR(pg_catalog.=) ANY (ARRAY['credentials', 'token', 'password']))
-           ELSE d.options END AS options,
-           d.created_at
-      FROM eo.destination d;
-COMMENT ON VIEW eo.destinations IS
-    'destinations and their options, with signing secrets, header values, credentials, tokens and passwords hidden';
       ) b ON true
       -- A queue's messages by state (see eo.queue_message).
       LEFT JOIN LATERAL (
@@ -514,7 +529,34 @@ END $$;
 COMMENT ON FUNCTION eo.grant_consumer(regrole) IS
     'lets a role deduplicate messages (eo.process, eo.process_seq), store and read its results, and call eo.read, eo.ack and eo.nack (on queues that name it among their consumers)';
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS
-    'creates a destination the relay delivers to (kind ''notify'', ''http'' or ''queue'')';
+    'creates a destination the relay delivers to (kind ''notify'', ''http'', ''nats'' or ''queue'')';
+
+----------------------------------------------------------------------
+-- Issue #11: nats destinations.
+----------------------------------------------------------------------
+--
+-- A new kind of destination, 'nats' (the library's sink; the option checker
+-- already accepts every kind it has).  eo.destinations hides its secrets:
+-- the options credentials, token and password.
+CREATE OR REPLACE VIEW eo.destinations AS
+    SELECT d.name, d.kind, d.enabled, d.disabled_reason,
+           CASE WHEN d.kind OPERATOR(pg_catalog.=) 'http' THEN
+               (d.options OPERATOR(pg_catalog.-) ARRAY['signing_secret', 'headers'])
+               OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                   'signing_secret', CASE WHEN d.options OPERATOR(pg_catalog.?) 'signing_secret'
+                                          THEN '(hidden)' END,
+                   'headers', (SELECT pg_catalog.jsonb_object_agg(h.key, '(hidden)')
+                                 FROM pg_catalog.jsonb_each(d.options OPERATOR(pg_catalog.->) 'headers') AS h)))
+                WHEN d.kind OPERATOR(pg_catalog.=) 'nats' THEN
+               (d.options OPERATOR(pg_catalog.-) ARRAY['credentials', 'token', 'password'])
+               OPERATOR(pg_catalog.||) (SELECT pg_catalog.jsonb_object_agg(s.key, '(hidden)')
+                                          FROM pg_catalog.jsonb_each(d.options) AS s
+                                         WHERE s.key OPERATOR(pg_catalog.=) ANY (ARRAY['credentials', 'token', 'password']))
+           ELSE d.options END AS options,
+           d.created_at
+      FROM eo.destination d;
+COMMENT ON VIEW eo.destinations IS
+    'destinations and their options, with signing secrets, header values, credentials, tokens and passwords hidden';
 
 -- Start (or wake) this database's relay once this transaction commits.
 SELECT eo.wake_relay();

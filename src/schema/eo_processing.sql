@@ -412,7 +412,7 @@ BEGIN
     INSERT INTO eo.destination_stats (destination_id) VALUES (new_id);
 END $$;
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS
-    'creates a destination the relay delivers to (kind ''notify'', ''http'' or ''queue'')';
+    'creates a destination the relay delivers to (kind ''notify'', ''http'', ''nats'' or ''queue'')';
 
 -- The destination called "name", locked against concurrent changes until
 -- the end of the transaction; a clear error when there is none.
