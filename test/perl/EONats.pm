@@ -5,6 +5,10 @@
 #
 #   my $cluster = EONats->new($dir);      # starts the three servers
 #   $cluster->urls                        # "nats://127.0.0.1:p1,..."
+#   EONats->new($dir, server_args => ['--auth', $token], userinfo => $token)
+#                                         # servers that require a token; the
+#                                         # tool's URLs carry it
+#   $cluster->plain_url_list              # the URLs without credentials
 #   $cluster->tool('create', 'S', 'app.>', 3, 120)
 #   $cluster->kill9(1); $cluster->start(1)
 #   $cluster->stop                        # all servers (also at exit)
@@ -26,8 +30,10 @@ my @all;
 # EONats->new($dir): build nats_tool, start three routed servers.
 sub new
 {
-	my ($class, $dir) = @_;
+	my ($class, $dir, %opts) = @_;
 	my $self = bless { dir => $dir, servers => [] }, $class;
+
+	$self->configure(%opts);
 
 	make_path($dir);
 	my $src = dirname(__FILE__) . '/../nats_tool.c';
@@ -49,7 +55,18 @@ sub new
 	return $self;
 }
 
-# The client URLs, comma-separated (nats_tool) or as a list.
+# configure(server_args => [...], userinfo => 'token' or 'user:password'):
+# the options servers get at their next start (authentication, say), and
+# the credentials the tool puts in its URLs.
+sub configure
+{
+	my ($self, %opts) = @_;
+	$self->{server_args} = $opts{server_args} // [];
+	$self->{userinfo} = $opts{userinfo};
+}
+
+# The client URLs, comma-separated (nats_tool) or as a list; with the
+# credentials of configure(), except plain_url_list.
 sub urls
 {
 	my ($self) = @_;
@@ -57,6 +74,13 @@ sub urls
 }
 
 sub url_list
+{
+	my ($self) = @_;
+	my $auth = defined $self->{userinfo} ? "$self->{userinfo}\@" : '';
+	return map { "nats://${auth}127.0.0.1:$_->{port}" } @{ $self->{servers} };
+}
+
+sub plain_url_list
 {
 	my ($self) = @_;
 	return map { "nats://127.0.0.1:$_->{port}" } @{ $self->{servers} };
@@ -80,7 +104,8 @@ sub start
 		'--cluster_name' => 'eo_test',
 		'--cluster' => "nats://127.0.0.1:$s->{cport}",
 		'--routes' => join(',', @routes),
-		'-l' => $s->{log});
+		'-l' => $s->{log},
+		@{ $self->{server_args} });
 	$s->{handle} = IPC::Run::start(\@cmd, '<', \undef, '>', '/dev/null', '2>', "$s->{log}.stderr");
 	$s->{pid} = $s->{handle}->{KIDS}[0]{PID};
 	# Poll until it accepts connections.
