@@ -897,6 +897,16 @@ eo_relay_worker_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (consecutive_errors > 0)
 			timeout_ms = Min(100L << Min(consecutive_errors, 8), 30000L);
+		else if (!eo_relay_enabled || !ready)
+		{
+			/*
+			 * Nothing to do until woken: by the reload that turns the relay
+			 * on, or by the ALTER EXTENSION UPDATE that brings the objects
+			 * this library needs (the schedules below are not kept
+			 * meanwhile, and a past one would make this a busy wait).
+			 */
+			timeout_ms = (long) eo_relay_naptime_secs * 1000;
+		}
 		else
 		{
 			TimestampTz wake = TimestampTzPlusMilliseconds(now,

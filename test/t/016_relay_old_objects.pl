@@ -42,7 +42,13 @@ my ($ret, $stdout, $stderr) = $node->psql('postgres', 'SELECT eo.relay_run()');
 isnt($ret, 0, 'eo.relay_run() refuses');
 like($stderr, qr/objects of extension eo_processing are older than its library.*\n.*HINT:  Run ALTER EXTENSION eo_processing UPDATE/s,
 	'... with an error and a hint');
+# Waiting, the relay sleeps until woken: no wake-up between two reads of
+# eo.relay_status 0.3 s apart (a busy wait would show a new last_wakeup).
+my $wakeup_sql = q{SELECT last_wakeup FROM eo.relay_status WHERE datname = 'postgres'};
 $node->safe_psql('postgres', 'SELECT pg_sleep(0.3)');    # the relay must not move
+my $wakeup_before = $node->safe_psql('postgres', $wakeup_sql);
+$node->safe_psql('postgres', 'SELECT pg_sleep(0.3)');
+is($node->safe_psql('postgres', $wakeup_sql), $wakeup_before, 'the waiting relay does not wake by itself');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM eo.outbox'),
 	'5', 'the messages wait in eo.outbox');
 
