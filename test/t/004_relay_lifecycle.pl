@@ -267,20 +267,23 @@ sub set_relay_enabled
 	set_relay_enabled('off');
 	is($node->safe_psql('postgres', 'SHOW eo.relay_enabled'), 'off', 'eo.relay_enabled reloaded as off');
 
-	# The commit wakes the relay, which must leave the messages alone.
+	# A commit that publishes does not wake a relay that is off (it would
+	# have nothing to do); eo.wake_relay() does, and the relay must leave
+	# the messages alone.
 	my ($before) = split /\n/,
 	  $node->safe_psql(
 		'postgres', q{
 BEGIN;
 SELECT clock_timestamp();
 SELECT count(eo.publish('orders.off', jsonb_build_object('i', g))) FROM generate_series(1, 100) g;
+SELECT eo.wake_relay();
 COMMIT;
 });
 	# (last_wakeup is stamped before the relay decides what to do; turned
 	# off, it then only goes back to sleep.)
 	$node->poll_query_until('postgres',
 		qq{SELECT last_wakeup > '$before' FROM eo.relay_status WHERE datname = 'postgres'})
-	  or die 'the relay did not wake up at commit';
+	  or die 'the relay did not wake up for eo.wake_relay()';
 	like($node->safe_psql('postgres', q{SELECT state FROM eo.relay_status WHERE datname = 'postgres'}),
 		qr/^(idle|disabled.*)$/, 'eo.relay_status: the relay is idle or shown as disabled');
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM eo.outbox'),
