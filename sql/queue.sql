@@ -160,6 +160,16 @@ SELECT eo.drop_destination('q');
 SELECT eo.drop_destination('q', force => true);
 SELECT count(*) AS left_behind FROM eo.queue_message;
 
+-- DROP EXTENSION counts what waits in queues: of four messages, one is
+-- leased, one given back after its only attempt (dead), two are ready.
+SELECT eo.create_destination('last', 'queue', '{"max_attempts": 1, "visibility_timeout": "1h"}');
+SELECT eo.subscribe('last.*', 'last');
+SELECT count(eo.publish('last.job', jsonb_build_object('n', g))) FROM generate_series(1, 4) AS g;
+SELECT eo.relay_run() AS routed;
+SELECT count(*) AS read FROM eo.read('last', 1);
+SELECT lease AS last_lease FROM eo.read('last', 1) \gset
+SELECT eo.nack('last', ARRAY[:last_lease]::bigint[]) AS given_back;
+SELECT ready, leased, dead FROM eo.stats WHERE destination = 'last';
 DROP EXTENSION eo_processing;
 
 -- With objects older than the library (before ALTER EXTENSION UPDATE) a

@@ -117,19 +117,20 @@ stop_relay_of(const char *datname)
  * warn_undelivered
  *		DROP EXTENSION eo_processing discards the outbox and every delivery
  *		with it.  Before the drop runs, say how many messages are still to
- *		be delivered (not yet routed, or with an unfinished delivery) and
- *		how many deliveries are dead, so the loss is never silent.  Runs in
- *		the dropping transaction with its snapshot; reads nothing when the
- *		extension is not installed in this database.  Objects of versions
- *		without an outbox (0.1.0) are skipped.
+ *		be delivered (not yet routed, or with an unfinished delivery), how
+ *		many wait in queue destinations for an acknowledgement (ready or
+ *		leased), and how many deliveries are dead, so the loss is never
+ *		silent.  Runs in the dropping transaction with its snapshot; reads
+ *		nothing when the extension is not installed in this database.
+ *		Objects of versions without an outbox (0.1.0) are skipped; those
+ *		without queues (before 0.6.0) count none.
  */
 static void
 warn_undelivered(void)
 {
 	bool		pushed = false;
-	int64		unrouted = 0;
-	int64		unfinished = 0;
-	int64		dead = 0;
+	int64		counts[4] = {0, 0, 0, 0};	/* unrouted, unfinished, queued, dead */
+	const char *query;
 	Oid			nsp;
 
 	if (!OidIsValid(get_extension_oid("eo_processing", true)))
@@ -139,43 +140,59 @@ warn_undelivered(void)
 		!OidIsValid(get_relname_relid("outbox", nsp)))
 		return;
 
+	/*
+	 * Since 0.5.0 a message routed to a destination has no row of its own
+	 * until it fails: eo.stats counts the log after each cursor too.  Since
+	 * 0.6.0 a queue's messages wait in eo.queue_message; eo.stats counts
+	 * its dead ones with the dead deliveries.
+	 */
+	if (OidIsValid(get_relname_relid("queue_message", nsp)))
+		query = "SELECT (SELECT count(*) FROM eo.outbox),"
+			"       coalesce(sum(pending + in_flight + retrying), 0)::bigint,"
+			"       coalesce(sum(coalesce(ready, 0) + coalesce(leased, 0)), 0)::bigint,"
+			"       coalesce(sum(dead), 0)::bigint"
+			"  FROM eo.stats";
+	else if (OidIsValid(get_relname_relid("message_seq", nsp)))
+		query = "SELECT (SELECT count(*) FROM eo.outbox),"
+			"       (SELECT coalesce(sum(pending + in_flight + retrying), 0)::bigint"
+			"          FROM eo.stats),"
+			"       0::bigint,"
+			"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')";
+	else
+		query = "SELECT (SELECT count(*) FROM eo.outbox),"
+			"       (SELECT count(*) FROM eo.delivery WHERE state <> 'dead'),"
+			"       0::bigint,"
+			"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')";
+
 	if (!ActiveSnapshotSet())
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pushed = true;
 	}
 	SPI_connect();
-
-	/*
-	 * Since 0.5.0 a message routed to a destination has no row of its own
-	 * until it fails: eo.stats counts the log after each cursor too.
-	 */
-	if (SPI_execute(OidIsValid(get_relname_relid("message_seq", nsp)) ?
-					"SELECT (SELECT count(*) FROM eo.outbox),"
-					"       (SELECT coalesce(sum(pending + in_flight + retrying), 0)::bigint"
-					"          FROM eo.stats),"
-					"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')" :
-					"SELECT (SELECT count(*) FROM eo.outbox),"
-					"       (SELECT count(*) FROM eo.delivery WHERE state <> 'dead'),"
-					"       (SELECT count(*) FROM eo.delivery WHERE state = 'dead')",
-					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	if (SPI_execute(query, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 	{
-		bool		isnull;
+		for (int i = 0; i < 4; i++)
+		{
+			bool		isnull;
 
-		unrouted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		unfinished = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		dead = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+			counts[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, i + 1, &isnull));
+		}
 	}
 	SPI_finish();
 	if (pushed)
 		PopActiveSnapshot();
 
-	if (unrouted + unfinished + dead > 0)
+	if (counts[0] + counts[1] + counts[2] + counts[3] > 0)
 		ereport(WARNING,
 				(errmsg("dropping extension eo_processing discards " INT64_FORMAT " undelivered messages and " INT64_FORMAT " dead deliveries",
-						unrouted + unfinished, dead),
+						counts[0] + counts[1] + counts[2], counts[3]),
+				 counts[2] > 0 ?
+				 errdetail("Not yet routed: " INT64_FORMAT "; deliveries pending, retrying or in flight: " INT64_FORMAT "; in queues, not yet acknowledged: " INT64_FORMAT ".",
+						   counts[0], counts[1], counts[2]) :
 				 errdetail("Not yet routed: " INT64_FORMAT "; deliveries pending, retrying or in flight: " INT64_FORMAT ".",
-						   unrouted, unfinished),
+						   counts[0], counts[1]),
 				 errhint("To keep them, roll back; let the relay deliver them (see eo.stats) and redrive or inspect the dead deliveries before dropping.")));
 }
 
