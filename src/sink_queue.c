@@ -340,6 +340,7 @@ typedef struct QueueCall
 static void
 queue_open(FunctionCallInfo fcinfo, QueueCall *q)
 {
+	static SPIPlanPtr find_plan = NULL;
 	char	   *name;
 	Oid			owner = eo_extension_owner();
 	Oid			argtypes[1] = {TEXTOID};
@@ -361,9 +362,20 @@ queue_open(FunctionCallInfo fcinfo, QueueCall *q)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "eo_processing: SPI_connect failed");
 	SetUserIdAndSecContext(owner, q->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	if (find_plan == NULL)
+	{
+		/* Every call of a consumer function looks its queue up: keep the plan. */
+		SPIPlanPtr	p = SPI_prepare("SELECT id, kind, options FROM eo.destination WHERE name = $1",
+									1, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		find_plan = p;
+	}
 	args[0] = CStringGetTextDatum(name);
-	if (SPI_execute_with_args("SELECT id, kind, options FROM eo.destination WHERE name = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(find_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eo_processing: reading eo.destination failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,
