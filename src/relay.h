@@ -61,6 +61,9 @@ typedef struct RelaySlot
 	TimestampTz started_at;
 	TimestampTz last_wakeup;
 	TimestampTz hold_until;		/* launcher waits before restarting */
+	TimestampTz timer_due;		/* a sink timer falls due (eo.read() and
+								 * eo.nack() lower it; the worker takes it
+								 * in its retry step); 0 at first: look */
 	uint64		delivered;
 	TimestampTz last_error_at;
 	char		last_error[EO_RELAY_ERROR_LEN];
@@ -88,6 +91,8 @@ extern void eo_relay_release_database(Oid dboid);
 extern void eo_relay_config_changed(Oid dboid);
 extern void eo_relay_stop_database_at_commit(void);
 extern void eo_relay_wake_at_commit(void);
+extern void eo_relay_timer_at(TimestampTz when);
+extern TimestampTz eo_relay_take_timer(RelaySlot *slot);
 
 /* relay GUCs (eo_processing.c) */
 extern bool eo_relay_enabled;

@@ -340,6 +340,54 @@ eo_relay_wake_at_commit(void)
 }
 
 /*
+ * eo_relay_timer_at
+ *		Something falls due at "when" that only the relay will notice (a
+ *		queue's lease runs out, the delay of eo.nack() passes): lower the
+ *		current database's relay timer to it, and wake the worker if that
+ *		moved the timer earlier, so that its wait ends in time.  Leases of
+ *		one length, taken one after the other, leave the timer alone after
+ *		the first.  Called before the caller commits: a rollback leaves a
+ *		timer that finds nothing.  A no-op without the preloaded library or
+ *		a relay slot for the database.
+ */
+void
+eo_relay_timer_at(TimestampTz when)
+{
+	RelaySlot  *slot;
+	int			procno = -1;
+
+	if (eo_relay == NULL)
+		return;
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	slot = eo_relay_find_slot(MyDatabaseId);
+	if (slot != NULL && when < slot->timer_due)
+	{
+		slot->timer_due = when;
+		procno = slot->pgprocno;
+	}
+	LWLockRelease(eo_relay->lock);
+	set_proc_latch(procno);
+}
+
+/*
+ * eo_relay_take_timer
+ *		The worker's retry step takes its timer (the sinks' timers then work
+ *		out what is due from the tables): returns it and leaves DT_NOEND, so
+ *		that a later eo_relay_timer_at() wakes the worker again.
+ */
+TimestampTz
+eo_relay_take_timer(RelaySlot *slot)
+{
+	TimestampTz due;
+
+	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
+	due = slot->timer_due;
+	slot->timer_due = DT_NOEND;
+	LWLockRelease(eo_relay->lock);
+	return due;
+}
+
+/*
  * eo.wake_relay() RETURNS void
  *
  * Start (or wake) the relay of the current database when the transaction

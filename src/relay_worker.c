@@ -300,15 +300,41 @@ route_step(int limit, bool wait)
 }
 
 /*
+ * run_sink_timers
+ *		Let every sink with timers do what fell due by "now" (in the retry
+ *		step's transaction); returns the earliest time one of them wants to
+ *		be called again, or DT_NOEND.
+ */
+static TimestampTz
+run_sink_timers(TimestampTz now)
+{
+	int			nsinks;
+	const SinkRoutine *const *sinks = eo_sink_all(&nsinks);
+	TimestampTz next = DT_NOEND;
+	bool		signalled = false;
+
+	if (my_slot != NULL)
+		signalled = eo_relay_take_timer(my_slot) <= now;
+	for (int i = 0; i < nsinks; i++)
+	{
+		if (sinks[i]->timers)
+			next = Min(next, sinks[i]->timers(eo_relay_config()->dests, now, signalled));
+	}
+	return next;
+}
+
+/*
  * retry_step
  *		One transaction: parked deliveries of inline sinks whose time has
- *		come and that are first in line for their key.  Returns the number
- *		attempted, and in *next_retry the earliest time a retry is due.
+ *		come and that are first in line for their key, then the sinks'
+ *		timers.  Returns the number attempted, and in *next_retry the
+ *		earliest time a retry or a timer is due.
  */
 static int
 retry_step(int limit, TimestampTz *next_retry)
 {
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz timers_due;
 	DueDelivery *due;
 	int			n = eo_delivery_claim_due(0, true, limit, false, CurrentMemoryContext, &due);
 
@@ -336,8 +362,9 @@ retry_step(int limit, TimestampTz *next_retry)
 		else
 			(void) eo_delivery_write(&writes);
 	}
+	timers_due = run_sink_timers(now);
 	if (next_retry != NULL)
-		*next_retry = eo_delivery_next_due();
+		*next_retry = Min(eo_delivery_next_due(), timers_due);
 	return n;
 }
 
@@ -791,6 +818,8 @@ eo_relay_worker_main(Datum main_arg)
 		{
 			bool		ok = true;
 
+			/* A consumer made a sink timer fall due sooner (unlocked read). */
+			next_retry = Min(next_retry, my_slot->timer_due);
 			now = GetCurrentTimestamp();
 			if (now >= next_housekeeping)
 				retry_needed = true;	/* the safety net: look anyway */

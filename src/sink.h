@@ -27,6 +27,7 @@
 
 #include "datatype/timestamp.h"
 #include "lib/ilist.h"
+#include "nodes/pg_list.h"
 #include "storage/latch.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
@@ -139,6 +140,17 @@ typedef struct SinkRoutine
 	 * bounded.  Returns the number of rows it removed.
 	 */
 	int			(*housekeeping) (void);
+
+	/*
+	 * Optional: work that falls due with time rather than with a message
+	 * (a queue's lease running out), in the relay's retry step (its
+	 * transaction open, SPI connected).  "dests" lists every destination
+	 * (DestinationConfig *), of all kinds; "signalled" says that a
+	 * consumer function asked for this moment (eo_relay_timer_at()).
+	 * Returns when the sink wants to be called again, or DT_NOEND; the
+	 * relay may call it earlier.
+	 */
+	TimestampTz (*timers) (List *dests, TimestampTz now, bool signalled);
 } SinkRoutine;
 
 /* sink_registry.c */

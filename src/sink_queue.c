@@ -29,9 +29,9 @@
  *	  makes it ready again.  eo.ack() deletes the rows of current leases in
  *	  the caller's transaction and counts them in eo.queue_ack.  The
  *	  channel is also notified when eo.ack() makes the next message of a
- *	  key readable, and when eo.nack() gives a message back at once; a
- *	  lease that expires notifies nobody (consumers also read when a wait
- *	  times out).
+ *	  key readable, and when eo.nack() gives a message back at once; the
+ *	  relay's timers (queue_timers) notify it when a lease runs out or a
+ *	  nack's delay has passed.
  *
  *	  Options:
  *		channel				text, 1..63 bytes: NOTIFY channel of the
@@ -70,6 +70,7 @@
 #include "utils/timestamp.h"
 
 #include "destination.h"
+#include "relay.h"
 #include "sink.h"
 
 PG_FUNCTION_INFO_V1(eo_read);
@@ -304,6 +305,133 @@ queue_housekeeping(void)
 	}
 }
 
+/*
+ * Timers: a message becomes readable again when its lease runs out or the
+ * delay of eo.nack() has passed, and nothing else would tell the channel's
+ * listeners.  eo.read() and eo.nack() tell the relay when that will be
+ * (eo_relay_timer_at(), for queues with a channel); the relay calls
+ * queue_timers() then ("signalled"), and it notifies every queue with a
+ * channel that has readable messages.  Because the relay keeps only the
+ * earliest such time, queue_timers() also remembers, per queue, the
+ * earliest time still ahead in the table ("due") and notifies the queue
+ * once that has passed.  A wake-up may be spurious (the message was
+ * acknowledged meanwhile, or it was another queue's lease): a consumer
+ * that wakes for nothing reads nothing.  A queue seen for the first time
+ * (the relay started, the destination is new) is notified if it has
+ * readable messages.  Timers run at most every QUEUE_TIMER_MIN_US, so
+ * that many leases running out one after the other cost a few statements
+ * a second, not one each.
+ */
+#define QUEUE_TIMER_MIN_US	(200 * 1000)
+
+typedef struct QueueTimer
+{
+	int32		dest_id;
+	TimestampTz due;			/* DT_NOEND: nothing ahead */
+} QueueTimer;
+
+static QueueTimer *queue_timers_state = NULL;	/* in TopMemoryContext */
+static int	queue_timers_n = 0;
+static SPIPlanPtr timers_plan = NULL;
+
+/* The timer of a destination in the state, or NULL if it has none yet. */
+static QueueTimer *
+queue_timer_find(int32 dest_id)
+{
+	for (int i = 0; i < queue_timers_n; i++)
+	{
+		if (queue_timers_state[i].dest_id == dest_id)
+			return &queue_timers_state[i];
+	}
+	return NULL;
+}
+
+/*
+ * queue_timers
+ *		Notify the channels of the queues whose due time has passed (see
+ *		above) and work out the next due times: one statement for all
+ *		queues with a channel, in the relay's retry step (SPI connected).
+ *		Returns the earliest next due time, no sooner than
+ *		QUEUE_TIMER_MIN_US from now, or DT_NOEND.
+ */
+static TimestampTz
+queue_timers(List *dests, TimestampTz now, bool signalled)
+{
+	ListCell   *lc;
+	Datum	   *ids;
+	int			nids = 0;
+	QueueTimer *next_state;
+	TimestampTz next = DT_NOEND;
+	bool		first_run = (queue_timers_state == NULL);
+
+	ids = palloc(sizeof(Datum) * Max(list_length(dests), 1));
+	foreach(lc, dests)
+	{
+		DestinationConfig *dest = lfirst(lc);
+
+		if (dest->sink == &eo_queue_sink && QUEUE_OPTIONS(dest)->channel != NULL)
+			ids[nids++] = Int32GetDatum(dest->id);
+	}
+	next_state = MemoryContextAllocZero(TopMemoryContext, sizeof(QueueTimer) * Max(nids, 1));
+	if (nids > 0)
+	{
+		Oid			types[2] = {TIMESTAMPTZOID, INT4ARRAYOID};
+		Datum		args[2];
+
+		if (timers_plan == NULL)
+		{
+			SPIPlanPtr	p = SPI_prepare("SELECT d.id,"
+										"       EXISTS (SELECT 1 FROM eo.queue_message q"
+										"                WHERE q.destination_id = d.id AND q.dead_at IS NULL"
+										"                  AND q.visible_at <= $1),"
+										"       (SELECT min(q.visible_at) FROM eo.queue_message q"
+										"         WHERE q.destination_id = d.id AND q.dead_at IS NULL"
+										"           AND q.visible_at > $1)"
+										"  FROM unnest($2) AS d(id)", 2, types);
+
+			if (p == NULL)
+				elog(ERROR, "eo_processing: SPI_prepare failed: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(p);
+			timers_plan = p;
+		}
+		args[0] = TimestampTzGetDatum(now);
+		args[1] = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+		if (SPI_execute_plan(timers_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "eo_processing: reading the queues' timers failed");
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+			bool		readable = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+			Datum		due = SPI_getbinval(tup, desc, 3, &isnull);
+			QueueTimer *old = first_run ? NULL : queue_timer_find(id);
+			DestinationConfig *dest = NULL;
+
+			foreach(lc, dests)
+			{
+				if (((DestinationConfig *) lfirst(lc))->id == id)
+					dest = lfirst(lc);
+			}
+			if (readable && (old == NULL || old->due <= now || signalled))
+				Async_Notify(QUEUE_OPTIONS(dest)->channel, dest->name);
+			next_state[r].dest_id = id;
+			next_state[r].due = isnull ? DT_NOEND : DatumGetTimestampTz(due);
+			next = Min(next, next_state[r].due);
+		}
+	}
+	if (queue_timers_state != NULL)
+		pfree(queue_timers_state);
+	queue_timers_state = next_state;
+	queue_timers_n = nids;
+	pfree(ids);
+	if (next == DT_NOEND)
+		return DT_NOEND;
+	return Max(next, now + QUEUE_TIMER_MIN_US);
+}
+
 const SinkRoutine eo_queue_sink = {
 	.kind = "queue",
 	.option_names = "channel, visibility_timeout, consumers, max_attempts and retry_delays",
@@ -313,6 +441,7 @@ const SinkRoutine eo_queue_sink = {
 	.default_retry_delays = "0",
 	.deliver = queue_deliver,
 	.housekeeping = queue_housekeeping,
+	.timers = queue_timers,
 };
 
 /* ---------------------------------------------------------------------
@@ -670,6 +799,9 @@ eo_read(PG_FUNCTION_ARGS)
 		if (died == 0)
 			break;
 	}
+	/* The relay notifies the channel if these leases run out. */
+	if (wanted < max_messages && QUEUE_OPTIONS(&q.cfg)->channel)
+		eo_relay_timer_at(now + visibility_us);
 	queue_close(&q);
 	return (Datum) 0;
 }
@@ -772,6 +904,7 @@ eo_nack(PG_FUNCTION_ARGS)
 	Datum	   *delays;
 	int			ndelays;
 	bool		now_ready = false;
+	TimestampTz first_later = DT_NOEND;
 	TimestampTz now = GetCurrentTimestamp();
 
 	leases = leases_arg(fcinfo, 1, &ndistinct);
@@ -807,7 +940,9 @@ eo_nack(PG_FUNCTION_ARGS)
 						"           $4[least(greatest(q.attempt, 1), cardinality($4))] / 1000000.0),"
 						"       dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
 						" WHERE q.lease = ANY ($2) AND q.destination_id = $1"
-						" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3",
+						" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3,"
+						"           CASE WHEN q.dead_at IS NULL AND q.visible_at > $3"
+						"                THEN q.visible_at END",
 						5, types);
 		if (p == NULL)
 			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
@@ -830,15 +965,25 @@ eo_nack(PG_FUNCTION_ARGS)
 	n = (int64) SPI_processed;
 	if (n < ndistinct)
 		stale_lease_error(leases, q.cfg.name, "giving it back");
-	for (uint64 r = 0; r < SPI_processed && !now_ready; r++)
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
+		Datum		later;
 
-		now_ready = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
-											   2, &isnull));
+		now_ready |= DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+												2, &isnull));
+		later = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3, &isnull);
+		if (!isnull)
+			first_later = Min(first_later, DatumGetTimestampTz(later));
 	}
-	if (now_ready && QUEUE_OPTIONS(&q.cfg)->channel)
-		Async_Notify(QUEUE_OPTIONS(&q.cfg)->channel, q.cfg.name);
+	if (QUEUE_OPTIONS(&q.cfg)->channel)
+	{
+		/* Readable now: wake at commit; readable later: the relay will. */
+		if (now_ready)
+			Async_Notify(QUEUE_OPTIONS(&q.cfg)->channel, q.cfg.name);
+		if (first_later != DT_NOEND)
+			eo_relay_timer_at(first_later);
+	}
 	queue_close(&q);
 	PG_RETURN_INT64(n);
 }
