@@ -6,7 +6,9 @@
  *	  A sink kind is one file that fills a SinkRoutine (as an index access
  *	  method fills an IndexAmRoutine) and one line of the registry in
  *	  sink_registry.c.  The relay's loop calls the callbacks and never
- *	  names a kind; nothing in a sink calls back into the relay's files.
+ *	  names a kind; no callback of a sink calls back into the relay's
+ *	  files (a kind's own SQL functions, such as eo.read(), may signal the
+ *	  relay through relay_shmem.c).
  *
  *	  Two ways to deliver:
  *	  - inline (deliver): inside the relay's transaction, which records the
