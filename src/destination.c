@@ -10,9 +10,9 @@
  *		max_attempts  integer >= 1; default eo.max_attempts
  *		retry_delays  array of interval texts (>= 0), the last repeating;
  *					  default eo.retry_delays, or the sink's own schedule
- *	  Asynchronous sinks (http) also have:
+ *	  Asynchronous sinks (http, nats, ...) also have:
  *		concurrency	  sends in flight, 1..1000; default the sink's (16 for
- *					  http), and at most eo.http_max_concurrency
+ *					  http), and for http at most eo.http_max_concurrency
  *	  Sinks that log their attempts in eo.http_attempt also have:
  *		log_attempts  'failures' (default): failed attempts only; 'all'
  *	  Each kind parses its own options in its sink file (sink_notify.c,

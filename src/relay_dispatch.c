@@ -129,6 +129,18 @@ dispatch_init(void)
 		dispatch_owner = ResourceOwnerCreate(NULL, "eo_processing sends");
 }
 
+/*
+ * Sends a destination may have in flight: its "concurrency", capped by its
+ * kind's setting if it has one (eo.http_max_concurrency for http).
+ */
+static int
+send_limit(const DestinationConfig *dest)
+{
+	const int  *cap = dest->sink->concurrency_cap;
+
+	return cap != NULL ? Min(dest->concurrency, *cap) : dest->concurrency;
+}
+
 static Window *
 window_new(const DestinationConfig *dest, bool retries)
 {
@@ -151,7 +163,7 @@ window_new(const DestinationConfig *dest, bool retries)
 	w->dest_id = dest->id;
 	w->sink = dest->sink;
 	w->retries = retries;
-	w->limit = Min(dest->concurrency, eo_http_max_concurrency);
+	w->limit = send_limit(dest);
 	dlist_init(&w->queue);
 	dlist_init(&w->done);
 	dlist_init(&w->recorded);
@@ -593,7 +605,7 @@ eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 		if (!dest->enabled || (!look_all && !recorded))
 			continue;
 
-		free_slots = Min(dest->concurrency, eo_http_max_concurrency) - count_in_flight(dest->id);
+		free_slots = send_limit(dest) - count_in_flight(dest->id);
 		if (free_slots > 0 && (w = open_retry_window(dest, free_slots)) != NULL)
 		{
 			dlist_push_tail(&windows, &w->node);

@@ -110,6 +110,9 @@ typedef struct SinkRoutine
 	void		(*check_target) (const struct DestinationConfig *cfg);
 	const char *default_retry_delays;	/* NULL: eo.retry_delays */
 	int			default_concurrency;	/* asynchronous sinks */
+	const int  *concurrency_cap;	/* a setting that caps "concurrency"
+									 * (eo.http_max_concurrency for http), or
+									 * NULL: the option alone */
 	bool		logs_attempts;	/* attempts go to eo.http_attempt */
 
 	/* Inline delivery: fill *out (the relay's transaction is open). */

@@ -348,6 +348,7 @@ const SinkRoutine eo_http_sink = {
 	.check_target = eo_check_http_destination_host,
 	.default_retry_delays = HTTP_DEFAULT_RETRY_DELAYS,
 	.default_concurrency = HTTP_DEFAULT_CONCURRENCY,
+	.concurrency_cap = &eo_http_max_concurrency,
 	.logs_attempts = true,
 	.deliver = NULL,
 	.start = http_start,

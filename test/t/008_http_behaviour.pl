@@ -302,6 +302,30 @@ ok(eo_wait_drained($node, 'postgres', 'bounded', $settle), '(f) nothing left to 
 eo_check_exactly_once($node, 'postgres', $bounded, q{topic LIKE 'bounded.%'}, '(f) bounded');
 $bounded->stop;
 
+# eo.http_max_concurrency caps the option: concurrency 64 under a cap of 3.
+$node->safe_psql('postgres',
+	'ALTER SYSTEM SET eo.http_max_concurrency = 3; SELECT pg_reload_conf()');
+my $capped = EOWebhook->new(name => 'capped');
+$capped->faults({ sleep => 0.03, sleep_seconds => 0.2 });
+eo_create_http_destination($node, 'postgres', 'capped',
+	{ url => $capped->url, concurrency => 64, retry_delays => ['50ms'], max_attempts => 50 },
+	'capped.*');
+publish('capped.a', 1000);
+$max_in_flight = 0;
+ok( $capped->wait_for(
+		sub {
+			$max_in_flight = $_[0]{in_flight} if $_[0]{in_flight} > $max_in_flight;
+			return $_[0]{applied} == 1000;
+		},
+		60),
+	'(f) 1,000 messages delivered with concurrency 64 under eo.http_max_concurrency = 3');
+note "(f) capped receiver: at most $max_in_flight requests in flight";
+cmp_ok($max_in_flight, '<=', 3, '(f) the setting caps the option: never more than 3 in flight');
+cmp_ok($max_in_flight, '>=', 2, '(f) ... and several at once');
+$node->safe_psql('postgres',
+	'ALTER SYSTEM RESET eo.http_max_concurrency; SELECT pg_reload_conf()');
+$capped->stop;
+
 ######################################################################
 # (g) fast shutdown with requests in flight
 ######################################################################
