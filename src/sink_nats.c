@@ -641,21 +641,6 @@ conn_for(const DestinationConfig *dest, char **error)
 	return c;
 }
 
-/* A timestamptz as ISO 8601 in UTC ("2026-01-02T03:04:05.123456Z"); palloc'd. */
-static char *
-iso_timestamp(TimestampTz ts)
-{
-	struct pg_tm tm;
-	fsec_t		fsec;
-	char		text[MAXDATELEN + 2];
-
-	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-		return pstrdup("");
-	EncodeDateTime(&tm, fsec, false, 0, NULL, USE_XSD_DATES, text);
-	strlcat(text, "Z", sizeof(text));
-	return pstrdup(text);
-}
-
 /* Finish a send with an outcome (strings copied into the send's context). */
 static void
 finish(SinkSend *send, SinkResult result, const char *error, int status,
@@ -716,7 +701,7 @@ set_headers(natsMsg *m, const DestinationConfig *dest, const EoMessage *msg,
 	if (s == NATS_OK && msg->key != NULL)
 		s = natsMsgHeader_Set(m, "eo-key", msg->key);
 	if (s == NATS_OK)
-		s = natsMsgHeader_Set(m, "eo-published-at", iso_timestamp(msg->published_at));
+		s = natsMsgHeader_Set(m, "eo-published-at", eo_iso_timestamp(msg->published_at));
 	if (s == NATS_OK && o->stream != NULL)
 		s = natsMsgHeader_Set(m, "Nats-Expected-Stream", o->stream);
 	return s == NATS_OK ? NULL : "out of memory in libnats";
