@@ -332,7 +332,11 @@ make_conf(const KafkaOptions *o, bool reader, char **error)
 	};
 
 	for (int i = 0; i < lengthof(defaults); i++)
+	{
+		if (reader && strcmp(defaults[i][0], "message.timeout.ms") == 0)
+			continue;			/* a producer's setting */
 		(void) rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errstr, sizeof(errstr));
+	}
 	for (int i = 0; i < o->nproperties; i++)
 	{
 		if (rd_kafka_conf_set(conf, o->properties[i].name, o->properties[i].value,
