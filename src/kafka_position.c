@@ -25,6 +25,13 @@
  *	  listed again (sent again after a restart) loses its tag until the
  *	  next such batch.
  *
+ *	  Entries read back after a restart are kept until their message is
+ *	  sent again (the relay parks the messages of an interrupted window as
+ *	  retries), then handled as retries.  An entry whose message the
+ *	  database had recorded before the crash is never sent again and stays
+ *	  until the producer is replaced: at most one position's worth per
+ *	  crash.
+ *
  *	  The set is a hash table in the caller's memory context, used on the
  *	  relay's thread only; position texts are malloc'd for the transaction
  *	  thread.
@@ -49,6 +56,7 @@ typedef struct PositionEntry
 	pg_uuid_t	id;				/* hash key */
 	int64		seq;			/* log messages; 0 for retries */
 	int64		tag;			/* retries: see above; 0 for none yet */
+	bool		loaded;			/* read back, not yet sent again */
 } PositionEntry;
 
 /* A new, empty set in "cxt". */
@@ -74,6 +82,7 @@ eo_kafka_position_add(HTAB *set, const pg_uuid_t *id, int64 seq, int64 tag)
 
 	e->seq = seq;
 	e->tag = seq > 0 ? 0 : tag;
+	e->loaded = false;
 }
 
 /*
@@ -91,6 +100,7 @@ eo_kafka_position_has(HTAB *set, const pg_uuid_t *id)
 		return false;
 	if (e->seq == 0)
 		e->tag = 0;
+	e->loaded = false;
 	return true;
 }
 
@@ -106,7 +116,7 @@ eo_kafka_position_tag(HTAB *set, int64 log_seq)
 	hash_seq_init(&st, set);
 	while ((e = hash_seq_search(&st)) != NULL)
 	{
-		if (e->seq == 0 && e->tag == 0)
+		if (e->seq == 0 && e->tag == 0 && !e->loaded)
 			e->tag = log_seq;
 	}
 }
@@ -123,6 +133,8 @@ eo_kafka_position_prune(HTAB *set, int64 recorded_upto)
 	hash_seq_init(&st, set);
 	while ((e = hash_seq_search(&st)) != NULL)
 	{
+		if (e->loaded)
+			continue;
 		if ((e->seq > 0 && e->seq <= recorded_upto) ||
 			(e->seq == 0 && e->tag > 0 && e->tag <= recorded_upto))
 			(void) hash_search(set, &e->id, HASH_REMOVE, NULL);
@@ -200,15 +212,6 @@ entry_uuid(const JsonbValue *v, pg_uuid_t *id)
 	return true;
 }
 
-/* An int64 from a jsonb numeric value (0 if it is not a number). */
-static int64
-entry_int(const JsonbValue *v)
-{
-	if (v->type != jbvNumeric)
-		return 0;
-	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric)));
-}
-
 /* Add the entries of one array ("log" or "retries") of a position. */
 static void
 load_array(HTAB *set, Jsonb *j, const char *name, bool log)
@@ -232,10 +235,15 @@ load_array(HTAB *set, Jsonb *j, const char *name, bool log)
 			continue;
 		a = getIthJsonbValueFromContainer(v.val.binary.data, 0);
 		b = getIthJsonbValueFromContainer(v.val.binary.data, 1);
-		if (log && entry_uuid(b, &id))
-			eo_kafka_position_add(set, &id, entry_int(a), 0);
-		else if (!log && entry_uuid(a, &id))
-			eo_kafka_position_add(set, &id, 0, 0);	/* tagged anew */
+		if ((log && entry_uuid(b, &id)) || (!log && entry_uuid(a, &id)))
+		{
+			bool		found;
+			PositionEntry *e = hash_search(set, &id, HASH_ENTER, &found);
+
+			e->seq = 0;
+			e->tag = 0;
+			e->loaded = true;
+		}
 	}
 }
 

@@ -10,9 +10,9 @@
  *	  1. calls init_transactions (which, on a real cluster, fences an
  *		 older producer with the same transactional.id and finishes its
  *		 open transaction);
- *	  2. makes sure the positions topic exists (1 partition,
- *		 cleanup.policy=compact; an error is ignored: the topic may exist
- *		 or be auto-created);
+ *	  2. if the positions topic is not there, asks for it (1 partition,
+ *		 cleanup.policy=compact; an error is ignored: the cluster may
+ *		 create it when it is first written);
  *	  3. reads the last position record of its transactional.id back with
  *		 a read_committed reader, and hands it to the relay's thread;
  *	  4. then, for every batch the relay hands it: begin, produce the
@@ -133,7 +133,7 @@ eo_kafka_record_free(KafkaRecord *r)
 /*
  * ensure_positions_topic
  *		Ask the cluster to create the positions topic, compacted, with one
- *		partition; waits up to 5 s.  Errors (it exists, not allowed, not
+ *		partition; waits up to 3 s.  Errors (it exists, not allowed, not
  *		supported) are ignored: producing to it will tell.
  */
 static void
@@ -150,7 +150,7 @@ ensure_positions_topic(KafkaTxn *t)
 	(void) rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
 	q = rd_kafka_queue_new(t->rk);
 	rd_kafka_CreateTopics(t->rk, &nt, 1, NULL, q);
-	ev = rd_kafka_queue_poll(q, 5000);
+	ev = rd_kafka_queue_poll(q, 3000);
 	if (ev != NULL)
 		rd_kafka_event_destroy(ev);
 	rd_kafka_queue_destroy(q);
@@ -477,10 +477,14 @@ txn_main(void *arg)
 		if (txn_pause(t, TXN_RETRY_WAIT_MS))
 			return txn_exit(t);
 	}
-	ensure_positions_topic(t);
-	for (;;)
+	for (int tries = 0;; tries++)
 	{
 		t->position_partition = position_partition(t, error, sizeof(error));
+		if (t->position_partition < 0 && tries == 0)
+		{
+			ensure_positions_topic(t);
+			continue;
+		}
 		if (t->position_partition >= 0 && read_position(t, &loaded, error, sizeof(error)))
 			break;
 		pthread_mutex_lock(&t->lock);

@@ -982,6 +982,8 @@ kafka_collect(dlist_head *done)
 /*
  * The self-pipe; while something is on its way, wake at least every
  * KAFKA_WAIT_SLICE_MS (io events are edge-triggered on librdkafka's side).
+ * Transactional producers get their next batch here, once the relay has
+ * started every send it could: the batch is as large as it gets.
  */
 static int
 kafka_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
@@ -991,6 +993,12 @@ kafka_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 	{
 		*out = NULL;
 		return 0;
+	}
+	/* Before the relay waits: hand what start() queued to idle threads. */
+	for (KafkaProducer *p = producers; p != NULL; p = p->next)
+	{
+		if (p->txn != NULL && p->position_loaded && p->waiting != NIL)
+			submit_batch(p);
 	}
 	*out = &wake_socket;
 	if (hash_get_num_entries(pending) > 0)

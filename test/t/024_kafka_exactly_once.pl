@@ -87,6 +87,19 @@ $end;
 	$node->safe_psql('postgres', $sql);
 }
 
+# Publish $n messages over 5 keys in one transaction: one window.
+sub publish_one_transaction
+{
+	my ($n) = @_;
+	my $first = $published + 1;
+	$published += $n;
+	$node->safe_psql('postgres', qq{
+INSERT INTO app_committed
+SELECT eo.publish('orders.created', jsonb_build_object('n', g), 'key' || (g % 5)), 'key' || (g % 5), g
+  FROM generate_series($first, $published) g;
+});
+}
+
 # Wait until every committed message was recorded as delivered.
 sub wait_delivered
 {
@@ -148,4 +161,76 @@ is(check_kafka('batch'), 0, 'batch: no message is in Kafka twice');
 my $pos = positions();
 ok(@$pos > 0, 'batch: position records keyed by the transactional.id ' . $txn_id);
 like($pos->[-1]{value} // '', qr/^\{"v": 1, "log": \[/, 'batch: a position lists messages');
+
+# Slow every broker down, so that a Kafka transaction takes seconds.
+sub brokers_rtt
+{
+	my ($ms) = @_;
+	$kafka->command("rtt $_ $ms") for 1 .. 3;
+}
+
+# kill -9 of the postmaster, and a start once every process is gone.
+sub crash_and_restart
+{
+	my ($what) = @_;
+	my @pids = eo_server_pids($node);
+	$node->kill9;
+	my @alive = eo_wait_pids_gone(\@pids, $timeout);
+	is(scalar @alive, 0, "$what: every process of the killed postmaster exited");
+	eo_poll_start($node, \@pids);
+}
+
+# 2. After Kafka's commit, before the database's record.
+brokers_rtt(700);
+publish_one_transaction(20);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT in_flight > 0 FROM eo.stats WHERE destination = 'k'}),
+	'after commit: a window is on its way');
+my $blocker = $node->background_psql('postgres');
+$blocker->query_safe(
+	"BEGIN; SELECT 1 FROM eo.destination_stats WHERE destination_id = $dest_id FOR UPDATE");
+brokers_rtt(0);
+my $relay = eo_relay_pid($node, 'postgres');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $relay AND NOT granted)"),
+	'after commit: the relay waits to record the window');
+is(check_kafka('after commit, before the crash'), 0,
+	'after commit, before the crash: the window is in Kafka, once');
+my $log_offset = -s $node->logfile;
+crash_and_restart('after commit');
+eval { $blocker->quit; };
+wait_delivered('after commit, restarted');
+is(check_kafka('after commit, restarted'), 0,
+	'after commit, restarted: nothing was sent twice');
+ok( $node->wait_for_log(
+		qr/kafka destination $dest_id: \d+ messages are already in committed Kafka transactions/,
+		$log_offset),
+	'after commit, restarted: the relay read its position back from Kafka');
+
+# 3. kill -9 while a Kafka transaction is on the wire.
+brokers_rtt(1500);
+publish_one_transaction(20);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT in_flight > 0 FROM eo.stats WHERE destination = 'k'}),
+	'mid-transaction: a window is on its way');
+crash_and_restart('mid-transaction');
+brokers_rtt(0);
+wait_delivered('mid-transaction, restarted');
+my $twice = check_kafka('mid-transaction, restarted');
+ok($twice <= 20,
+	"mid-transaction, restarted: $twice messages twice, at most the interrupted batch "
+	  . '(whose copies a real cluster aborts; the mock shows them)');
+
+# Secrets: a destination's sasl.password is in neither eo.destinations,
+# pg_stat_statements nor the server log.
+$node->safe_psql('postgres',
+	qq{SELECT eo.create_destination('secret', 'kafka', '{"bootstrap_servers": "$bootstrap", "properties": {"sasl.username": "u", "sasl.password": "PW-KAFKA-SECRET"}}')});
+is( $node->safe_psql(
+		'postgres', q{
+SELECT (SELECT count(*) FROM eo.destinations WHERE options::text ~ 'PW-KAFKA-SECRET')
+     + (SELECT count(*) FROM pg_stat_statements WHERE query ~ 'PW-KAFKA-SECRET')}),
+	'0', 'secrets: not in eo.destinations or pg_stat_statements');
+unlike(slurp_file($node->logfile), qr/PW-KAFKA-SECRET/, 'secrets: not in the server log');
+
 done_testing();
