@@ -689,8 +689,9 @@ kafka_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 		pub->record = build_record(pub->token, topic, msg, id, &problem);
 		if (pub->record == NULL)
 		{
-			finish(send, strcmp(problem, "out of memory") == 0 ? SINK_RETRY : SINK_PERMANENT,
-				   problem, NULL);
+			bool		oom = (problem == NULL || strcmp(problem, "out of memory") == 0);
+
+			finish(send, oom ? SINK_RETRY : SINK_PERMANENT, oom ? "out of memory" : problem, NULL);
 			return;
 		}
 		old = MemoryContextSwitchTo(kafka_cxt);
