@@ -24,6 +24,7 @@ OBJS = \
 	src/sink_notify.o \
 	src/sink_http.o \
 	src/sink_queue.o \
+	src/sink_async.o \
 	src/http_options.o \
 	src/http_address.o \
 	src/http_request.o \

@@ -53,9 +53,7 @@
  */
 #include "postgres.h"
 
-#include <fcntl.h>
 #include <pthread.h>
-#include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -74,6 +72,7 @@
 #include "kafka_txn.h"
 #include "outbox.h"
 #include "sink.h"
+#include "sink_async.h"
 
 #define KAFKA_DEFAULT_CONCURRENCY	256
 #define KAFKA_MESSAGE_TIMEOUT_MS	"30000"
@@ -115,12 +114,6 @@ typedef struct KafkaPub
 	struct KafkaPub *next_reported;
 } KafkaPub;
 
-typedef struct PendingEntry
-{
-	uint64		token;
-	KafkaPub   *pub;
-} PendingEntry;
-
 static bool kafka_ready = false;
 static MemoryContext kafka_cxt = NULL;
 static HTAB *pending = NULL;	/* token -> KafkaPub */
@@ -128,8 +121,7 @@ static uint64 next_token = 1;
 static KafkaProducer *producers = NULL;
 static KafkaPub *reported_head = NULL;	/* reports not yet classified */
 static pthread_t relay_thread;
-static int	wake_pipe[2] = {-1, -1};
-static SinkSocket wake_socket;
+static SinkWakePipe wake_pipe = SINK_WAKE_PIPE_INIT;
 static pthread_mutex_t closer_lock = PTHREAD_MUTEX_INITIALIZER;
 static int	closers_running = 0;
 
@@ -143,20 +135,24 @@ static void
 on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	uint64		token = (uint64) (uintptr_t) m->_private;
-	PendingEntry *e;
+	SinkPendingEntry *e;
+	KafkaPub   *pub;
 
 	if (!pthread_equal(pthread_self(), relay_thread) || pending == NULL)
 		return;
 	e = hash_search(pending, &token, HASH_FIND, NULL);
-	if (e == NULL || e->pub->reported)
+	if (e == NULL)
 		return;					/* given up already */
-	e->pub->reported = true;
-	e->pub->err = m->err;
-	e->pub->status = rd_kafka_message_status(m);
-	e->pub->partition = m->partition;
-	e->pub->offset = m->offset;
-	e->pub->next_reported = reported_head;
-	reported_head = e->pub;
+	pub = e->pub;
+	if (pub->reported)
+		return;
+	pub->reported = true;
+	pub->err = m->err;
+	pub->status = rd_kafka_message_status(m);
+	pub->partition = m->partition;
+	pub->offset = m->offset;
+	pub->next_reported = reported_head;
+	reported_head = pub;
 }
 
 /* The delivery report callback of transactional producers (their thread). */
@@ -251,33 +247,13 @@ kafka_cleanup(int code, Datum arg)
 static void
 kafka_init(void)
 {
-	HASHCTL		ctl;
-
 	if (kafka_ready)
 		return;
-	if (wake_pipe[0] < 0)
-	{
-		if (pipe(wake_pipe) != 0)
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("eo_processing relay: could not create a pipe: %m")));
-		for (int i = 0; i < 2; i++)
-		{
-			(void) fcntl(wake_pipe[i], F_SETFL, O_NONBLOCK);
-			(void) fcntl(wake_pipe[i], F_SETFD, FD_CLOEXEC);
-		}
-		wake_socket.fd = wake_pipe[0];
-		wake_socket.events = WL_SOCKET_READABLE;
-	}
+	eo_sink_wake_pipe_open(&wake_pipe);
 	relay_thread = pthread_self();
 	kafka_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing kafka sends",
 									  ALLOCSET_DEFAULT_SIZES);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = sizeof(PendingEntry);
-	ctl.hcxt = kafka_cxt;
-	pending = hash_create("eo_processing kafka pending", 256, &ctl,
-						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	pending = eo_sink_pending_create("eo_processing kafka pending", kafka_cxt);
 	on_proc_exit(kafka_cleanup, (Datum) 0);
 	kafka_ready = true;
 }
@@ -413,7 +389,7 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 			return NULL;
 		}
 		p->txn = eo_kafka_txn_start(p->rk, reader, txn_id, o->positions_topic,
-									wake_pipe[1], &terr);
+									wake_pipe.fds[1], &terr);
 		if (p->txn == NULL)
 		{
 			*error = pstrdup(terr ? terr : "out of memory");
@@ -429,7 +405,7 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 	{
 		rd_kafka_queue_t *q = rd_kafka_queue_get_main(p->rk);
 
-		rd_kafka_queue_io_event_enable(q, wake_pipe[1], "1", 1);
+		rd_kafka_queue_io_event_enable(q, wake_pipe.fds[1], "1", 1);
 		rd_kafka_queue_destroy(q);
 	}
 	return p;
@@ -439,28 +415,17 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 static void
 finish(SinkSend *send, SinkResult result, const char *error, const char *response)
 {
-	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(send));
-	SinkOutcome *out = &send->outcome;
 	KafkaPub   *pub = send->private;
 
-	out->result = result;
-	out->retry_after_us = -1;
-	out->error = error ? pstrdup(error) : NULL;
-	out->status = -1;
-	out->response = response ? pstrdup(response) : NULL;
-	out->latency_ms = pub ? (GetCurrentTimestamp() - pub->started) / 1000.0 : 0;
-	send->finished = true;
-	MemoryContextSwitchTo(old);
+	eo_sink_finish(send, result, error, -1, response, pub ? pub->started : 0);
 }
 
 /* Take a send off "pending" and hand it to the relay. */
 static void
 to_done(KafkaPub *pub, dlist_head *done)
 {
-	(void) hash_search(pending, &pub->token, HASH_REMOVE, NULL);
+	eo_sink_hand_over(pending, pub->token, pub->send, done);
 	pub->waiting = false;
-	dlist_delete(&pub->send->node);
-	dlist_push_tail(done, &pub->send->node);
 }
 
 /*
@@ -474,7 +439,7 @@ static void
 producer_drop(KafkaProducer *p)
 {
 	HASH_SEQ_STATUS seq;
-	PendingEntry *e;
+	SinkPendingEntry *e;
 	KafkaProducer **link = &producers;
 
 	while (*link != NULL && *link != p)
@@ -484,8 +449,10 @@ producer_drop(KafkaProducer *p)
 	hash_seq_init(&seq, pending);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->pub->producer == p)
-			e->pub->producer = NULL;
+		KafkaPub   *pub = e->pub;
+
+		if (pub->producer == p)
+			pub->producer = NULL;
 	}
 	if (p->txn != NULL)
 		eo_kafka_txn_retire(p->txn);
@@ -651,7 +618,7 @@ kafka_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	const char *topic = o->topic ? o->topic : msg->topic;
 	char	   *id = eo_uuid_to_cstring(&msg->id);
 	const char *problem = NULL;
-	PendingEntry *e;
+	SinkPendingEntry *e;
 	bool		found;
 
 	kafka_init();
@@ -822,7 +789,7 @@ batch_finished(KafkaProducer *p, KafkaRecord *batch, KafkaTxnResult result,
 
 	for (KafkaRecord *r = batch; r != NULL; r = r->next)
 	{
-		PendingEntry *e = hash_search(pending, &r->token, HASH_FIND, NULL);
+		SinkPendingEntry *e = hash_search(pending, &r->token, HASH_FIND, NULL);
 		KafkaPub   *pub;
 
 		if (e == NULL)
@@ -925,16 +892,14 @@ collect_txn(KafkaProducer *p, dlist_head *done)
 static void
 kafka_collect(dlist_head *done)
 {
-	char		buf[256];
 	KafkaProducer *p;
 	KafkaProducer *next;
 	HASH_SEQ_STATUS seq;
-	PendingEntry *e;
+	SinkPendingEntry *e;
 
 	if (!kafka_ready)
 		return;
-	while (read(wake_pipe[0], buf, sizeof(buf)) > 0)
-		;
+	eo_sink_wake_drain(&wake_pipe);
 	for (p = producers; p != NULL; p = next)
 	{
 		next = p->next;
@@ -971,9 +936,11 @@ kafka_collect(dlist_head *done)
 	hash_seq_init(&seq, pending);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->pub->producer != NULL)
+		KafkaPub   *pub = e->pub;
+
+		if (pub->producer != NULL)
 			continue;
-		finish(e->pub->send, SINK_RETRY,
+		finish(pub->send, SINK_RETRY,
 			   "the Kafka producer was replaced (options changed or a fatal error) while the message was on its way",
 			   NULL);
 		to_done(e->pub, done);	/* removing the current entry is allowed */
@@ -1001,7 +968,7 @@ kafka_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 		if (p->txn != NULL && p->position_loaded && p->waiting != NIL)
 			submit_batch(p);
 	}
-	*out = &wake_socket;
+	*out = &wake_pipe.socket;
 	if (hash_get_num_entries(pending) > 0)
 		*timeout_ms = Min(*timeout_ms, KAFKA_WAIT_SLICE_MS);
 	return 1;
