@@ -77,6 +77,8 @@
 #define KAFKA_DEFAULT_CONCURRENCY	256
 #define KAFKA_MESSAGE_TIMEOUT_MS	"30000"
 #define KAFKA_WAIT_SLICE_MS			1000
+#define KAFKA_NOT_READY_MS			30000	/* exactly_once: longest wait for the
+										 * producer to be ready */
 
 /* The producer of one destination. */
 typedef struct KafkaProducer
@@ -877,6 +879,27 @@ collect_txn(KafkaProducer *p, dlist_head *done)
 	}
 	if (st == TXN_BROKEN)
 		return false;
+	if (st == TXN_STARTING)
+	{
+		/* Not ready (the cluster may be unreachable): retry on schedule. */
+		TimestampTz limit = GetCurrentTimestamp() - (TimestampTz) KAFKA_NOT_READY_MS * 1000;
+
+		foreach(lc, p->waiting)
+		{
+			KafkaPub   *pub = lfirst(lc);
+
+			if (pub->started > limit)
+				continue;
+			eo_kafka_record_free(pub->record);
+			pub->record = NULL;
+			finish(pub->send, SINK_RETRY,
+				   psprintf("the Kafka transactional producer was not ready within %d ms%s%s",
+							KAFKA_NOT_READY_MS, p->not_ready ? ": " : "",
+							p->not_ready ? p->not_ready : ""), NULL);
+			to_done(pub, done);
+			p->waiting = foreach_delete_current(p->waiting, lc);
+		}
+	}
 	if (st == TXN_IDLE && p->waiting != NIL)
 		submit_batch(p);
 	return true;
