@@ -49,6 +49,10 @@
  *		  --timeout <s>		   give up after this long (default 30); exit 3
  *							   if fewer than --min records were read
  *		  --read-committed	   isolation.level=read_committed
+ *		  --received		   add "received": when the consumer got the
+ *							   record (epoch seconds, microseconds); start
+ *							   it before the records are produced to time
+ *							   their way (fetches wait at most 5 ms)
  *
  *	  Exit status 0 on success, 1 with a message on stderr on errors, 2 on
  *	  bad arguments.
@@ -427,9 +431,26 @@ json_string(const void *data, size_t len)
 	putchar('"');
 }
 
-/* One record as a JSON line. */
+/* A record read, and when (epoch seconds). */
+typedef struct Got
+{
+	rd_kafka_message_t *m;
+	double		received;
+} Got;
+
+/* Wall clock in seconds since the epoch. */
+static double
+epoch_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* One record as a JSON line; received < 0: without its time. */
 static void
-print_record(rd_kafka_message_t *m)
+print_record(rd_kafka_message_t *m, double received)
 {
 	rd_kafka_headers_t *hdrs = NULL;
 	rd_kafka_timestamp_type_t tstype;
@@ -457,15 +478,18 @@ print_record(rd_kafka_message_t *m)
 			putchar(']');
 		}
 	}
-	puts("]}");
+	putchar(']');
+	if (received >= 0)
+		printf(",\"received\":%.6f", received);
+	puts("}");
 }
 
 /* Ordering of buffered records: partition, then offset. */
 static int
 cmp_records(const void *a, const void *b)
 {
-	const rd_kafka_message_t *x = *(rd_kafka_message_t *const *) a;
-	const rd_kafka_message_t *y = *(rd_kafka_message_t *const *) b;
+	const rd_kafka_message_t *x = ((const Got *) a)->m;
+	const rd_kafka_message_t *y = ((const Got *) b)->m;
 
 	if (x->partition != y->partition)
 		return x->partition < y->partition ? -1 : 1;
@@ -476,7 +500,8 @@ cmp_records(const void *a, const void *b)
 
 /* kafka_tool read <bootstrap> <topic> [options] */
 static int
-run_read(const char *bootstrap, const char *topic, long min, long timeout_s, int committed)
+run_read(const char *bootstrap, const char *topic, long min, long timeout_s, int committed,
+		 int received)
 {
 	char		errstr[512];
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -487,7 +512,7 @@ run_read(const char *bootstrap, const char *topic, long min, long timeout_s, int
 	int			nparts = 0;
 	char	   *at_end;
 	int			ended = 0;
-	rd_kafka_message_t **got = NULL;
+	Got		   *got = NULL;
 	size_t		ngot = 0,
 				cap = 0;
 	rd_kafka_resp_err_t err;
@@ -503,6 +528,11 @@ run_read(const char *bootstrap, const char *topic, long min, long timeout_s, int
 	SET("auto.offset.reset", "earliest");
 	SET("isolation.level", committed ? "read_committed" : "read_uncommitted");
 	SET("log_level", "3");
+	if (received)
+	{
+		SET("fetch.wait.max.ms", "5");
+		SET("fetch.error.backoff.ms", "5");
+	}
 #undef SET
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
@@ -606,13 +636,15 @@ run_read(const char *bootstrap, const char *topic, long min, long timeout_s, int
 				exit(1);
 			}
 		}
-		got[ngot++] = m;
+		got[ngot].m = m;
+		got[ngot].received = received ? epoch_s() : -1;
+		ngot++;
 	}
 	qsort(got, ngot, sizeof(*got), cmp_records);
 	for (size_t i = 0; i < ngot; i++)
 	{
-		print_record(got[i]);
-		rd_kafka_message_destroy(got[i]);
+		print_record(got[i].m, got[i].received);
+		rd_kafka_message_destroy(got[i].m);
 	}
 	fflush(stdout);
 	if (rc == 3)
@@ -645,6 +677,7 @@ main(int argc, char **argv)
 		long		min = 0,
 					timeout_s = 30;
 		int			committed = 0;
+		int			received = 0;
 
 		for (int i = 4; i < argc; i++)
 		{
@@ -655,14 +688,16 @@ main(int argc, char **argv)
 				i++;
 			else if (strcmp(argv[i], "--read-committed") == 0)
 				committed = 1;
+			else if (strcmp(argv[i], "--received") == 0)
+				received = 1;
 			else
 			{
 				fprintf(stderr, "kafka_tool: bad option %s\n", argv[i]);
 				return 2;
 			}
 		}
-		return run_read(argv[2], argv[3], min, timeout_s, committed);
+		return run_read(argv[2], argv[3], min, timeout_s, committed, received);
 	}
-	fprintf(stderr, "usage: kafka_tool mock [<brokers>] | read <bootstrap> <topic> [--min N] [--timeout S] [--read-committed]\n");
+	fprintf(stderr, "usage: kafka_tool mock [<brokers>] | read <bootstrap> <topic> [--min N] [--timeout S] [--read-committed] [--received]\n");
 	return 2;
 }
