@@ -360,7 +360,11 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 	p->fingerprint = pstrdup(fingerprint);
 	MemoryContextSwitchTo(old);
 	if (conf == NULL)
+	{
+		pfree(p->fingerprint);
+		pfree(p);
 		return NULL;
+	}
 	if (o->exactly_once)
 	{
 		txn_id = transactional_id(dest->id);
@@ -378,6 +382,8 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 	{
 		rd_kafka_conf_destroy(conf);
 		*error = psprintf("could not create the Kafka producer: %s", errstr);
+		pfree(p->fingerprint);
+		pfree(p);
 		return NULL;
 	}
 	if (o->exactly_once)
@@ -388,6 +394,8 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 		if (reader == NULL)
 		{
 			rd_kafka_destroy(p->rk);
+			pfree(p->fingerprint);
+			pfree(p);
 			return NULL;
 		}
 		p->txn = eo_kafka_txn_start(p->rk, reader, txn_id, o->positions_topic,
@@ -398,6 +406,8 @@ producer_open(const DestinationConfig *dest, const char *fingerprint, char **err
 			free(terr);
 			rd_kafka_conf_destroy(reader);
 			rd_kafka_destroy(p->rk);
+			pfree(p->fingerprint);
+			pfree(p);
 			return NULL;
 		}
 		p->rk = NULL;			/* the thread's now */
