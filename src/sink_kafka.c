@@ -45,6 +45,9 @@
  *	  closer thread.  At exit the producers are purged and destroyed,
  *	  unless a thread of ours still runs (then the process exits with it).
  *
+ *	  A producer unused for KAFKA_IDLE_CLOSE_MS (its destination was
+ *	  dropped, disabled or is idle) is closed; the next send makes it anew.
+ *
  *	  Memory: a send's private state (KafkaPub) and the producers live in
  *	  kafka_cxt; records handed to a transaction thread are malloc'd.  The
  *	  strings of an outcome are allocated in the send's own context.
@@ -77,6 +80,8 @@
 #define KAFKA_DEFAULT_CONCURRENCY	256
 #define KAFKA_MESSAGE_TIMEOUT_MS	"30000"
 #define KAFKA_WAIT_SLICE_MS			1000
+#define KAFKA_IDLE_CLOSE_MS			(5 * 60 * 1000)	/* close a producer unused this
+												 * long (a dropped destination) */
 #define KAFKA_NOT_READY_MS			30000	/* exactly_once: longest wait for the
 										 * producer to be ready */
 
@@ -89,6 +94,8 @@ typedef struct KafkaProducer
 	rd_kafka_t *rk;				/* default mode (exactly_once: the thread's) */
 	KafkaTxn   *txn;			/* exactly_once */
 	bool		fatal;			/* default mode: replace it */
+	int			nsends;			/* its sends in "pending" */
+	TimestampTz last_used;		/* the last send started */
 	/* exactly_once, on the relay's thread: */
 	bool		position_loaded;
 	char	   *not_ready;		/* why the thread is not ready yet */
@@ -432,12 +439,21 @@ finish(SinkSend *send, SinkResult result, const char *error, const char *respons
 	eo_sink_finish(send, result, error, -1, response, pub ? pub->started : 0);
 }
 
+/* A send leaves "pending": its producer has one fewer on the way. */
+static void
+pub_leave(KafkaPub *pub)
+{
+	if (pub->waiting && pub->producer != NULL)
+		pub->producer->nsends--;
+	pub->waiting = false;
+}
+
 /* Take a send off "pending" and hand it to the relay. */
 static void
 to_done(KafkaPub *pub, dlist_head *done)
 {
 	eo_sink_hand_over(pending, pub->token, pub->send, done);
-	pub->waiting = false;
+	pub_leave(pub);
 }
 
 /*
@@ -656,6 +672,7 @@ kafka_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	}
 	pub->producer = p;
 	pub->token = next_token++;
+	p->last_used = pub->started;
 
 	if (p->txn != NULL)
 	{
@@ -712,6 +729,7 @@ kafka_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	e = hash_search(pending, &pub->token, HASH_ENTER, &found);
 	e->pub = pub;
 	pub->waiting = true;
+	p->nsends++;
 }
 
 /* Classify a delivery report (default mode). */
@@ -956,6 +974,7 @@ kafka_collect(dlist_head *done)
 						(errmsg("eo_processing relay: the producer of kafka destination %d failed: %s (%s); it is made anew",
 								p->dest_id, reason, rd_kafka_err2name(err))));
 				producer_drop(p);
+				continue;
 			}
 		}
 		else if (p->txn != NULL && !collect_txn(p, done))
@@ -964,7 +983,12 @@ kafka_collect(dlist_head *done)
 					(errmsg("eo_processing relay: the transactional producer of kafka destination %d failed: %s; it is made anew",
 							p->dest_id, p->not_ready ? p->not_ready : "fatal error")));
 			producer_drop(p);
+			continue;
 		}
+		/* Unused for long (its destination dropped or idle): close it. */
+		if (p->nsends == 0 && p->waiting == NIL &&
+			GetCurrentTimestamp() - p->last_used > (TimestampTz) KAFKA_IDLE_CLOSE_MS * 1000)
+			producer_drop(p);
 	}
 	hash_seq_init(&seq, pending);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -1023,6 +1047,7 @@ kafka_release(SinkSend *send)
 		return;
 	if (pub->waiting)
 		(void) hash_search(pending, &pub->token, HASH_REMOVE, NULL);
+	pub_leave(pub);
 	if (pub->producer != NULL && pub->record != NULL)
 		pub->producer->waiting = list_delete_ptr(pub->producer->waiting, pub);
 	if (pub->record != NULL)
