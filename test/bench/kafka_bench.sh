@@ -46,6 +46,9 @@
 #   BENCH_KAFKA_KEYS=1000         distinct keys of the keyed drain
 #   BENCH_KAFKA_CONCURRENCY=      concurrency option of the destinations
 #                                 (empty: the kind's default)
+#   BENCH_KAFKA_PROPERTIES=       option "properties" of the kafka
+#                                 destinations, a JSON object (e.g.
+#                                 '{"linger.ms": 0}'; empty: none)
 #   BENCH_LATENCY_RATE=1000       messages/s of part 2
 #   BENCH_LATENCY_SECONDS=20      duration of part 2
 #   BENCH_LATENCY_CLIENTS=4       publishing connections of part 2
@@ -67,6 +70,7 @@ n_txns=${BENCH_KAFKA_TRANSACTIONS:-100}
 partitions=${BENCH_KAFKA_PARTITIONS:-6}
 n_keys=${BENCH_KAFKA_KEYS:-1000}
 conc=${BENCH_KAFKA_CONCURRENCY:-}
+props=${BENCH_KAFKA_PROPERTIES:-}
 lat_rate=${BENCH_LATENCY_RATE:-1000}
 lat_seconds=${BENCH_LATENCY_SECONDS:-20}
 lat_clients=${BENCH_LATENCY_CLIENTS:-4}
@@ -154,12 +158,12 @@ reset_tables() {
     psql_q -f "$tmp/scripts/http_reset.sql" >>"$tmp/logs/reset.log" 2>&1 ||
         { cat "$tmp/logs/reset.log" >&2; die "reset failed"; }
 }
-conc_json=${conc:+, \"concurrency\": $conc}
+kafka_json=${conc:+, \"concurrency\": $conc}${props:+, \"properties\": $props}
 # create_dest NAME KIND OPTIONS-JSON-MEMBERS: a destination for bench.*
-# (kafka ones with BENCH_KAFKA_CONCURRENCY).
+# (kafka ones with BENCH_KAFKA_CONCURRENCY and BENCH_KAFKA_PROPERTIES).
 create_dest() {
     local extra=""
-    [[ $2 == kafka ]] && extra=$conc_json
+    [[ $2 == kafka ]] && extra=$kafka_json
     psql_q -c "SELECT eo.create_destination('$1', '$2', '{$3 $extra}')" \
            -c "SELECT eo.subscribe('bench.*', '$1')" >/dev/null
 }
@@ -171,7 +175,7 @@ report_machine_head kafka
 report_machine_server
 rdkafka_version=$(awk '/^Version:/ { print $2; exit }' /usr/lib/x86_64-linux-gnu/pkgconfig/rdkafka.pc 2>/dev/null || true)
 out "| Kafka | librdkafka ${rdkafka_version:-(version unknown)} mock cluster: 3 brokers on 127.0.0.1 in one process, topics of $partitions partitions, replication factor 3 (in memory, nothing replicated) |"
-out "| relay | eo.relay_batch_size = $(sql1 'SHOW eo.relay_batch_size'), concurrency ${conc:-of the kind (default)} |"
+out "| relay | eo.relay_batch_size = $(sql1 'SHOW eo.relay_batch_size'), concurrency ${conc:-of the kind (default)}, properties ${props:-none} |"
 out "| messages | about 100 bytes of JSON each (bench_payload) |"
 out "| load average at start | $(loadavg) (other work on the machine disturbs every rate) |"
 out ""
