@@ -12,7 +12,8 @@
  *					  default eo.retry_delays, or the sink's own schedule
  *	  Asynchronous sinks (http) also have:
  *		concurrency	  sends in flight, 1..1000; default the sink's (16 for
- *					  http), and at most eo.http_max_concurrency
+ *					  http), and at most eo.http_max_concurrency unless
+ *					  the sink is uncapped (kafka)
  *	  Sinks that log their attempts in eo.http_attempt also have:
  *		log_attempts  'failures' (default): failed attempts only; 'all'
  *	  Each kind parses its own options in its sink file (sink_notify.c,

@@ -130,6 +130,15 @@ dispatch_init(void)
 		dispatch_owner = ResourceOwnerCreate(NULL, "eo_processing sends");
 }
 
+/* Sends of a destination in flight at most. */
+static int
+concurrency_limit(const DestinationConfig *dest)
+{
+	if (dest->sink->uncapped)
+		return dest->concurrency;
+	return Min(dest->concurrency, eo_http_max_concurrency);
+}
+
 static Window *
 window_new(const DestinationConfig *dest, bool retries)
 {
@@ -152,7 +161,7 @@ window_new(const DestinationConfig *dest, bool retries)
 	w->dest_id = dest->id;
 	w->sink = dest->sink;
 	w->retries = retries;
-	w->limit = Min(dest->concurrency, eo_http_max_concurrency);
+	w->limit = concurrency_limit(dest);
 	dlist_init(&w->queue);
 	dlist_init(&w->done);
 	dlist_init(&w->recorded);
@@ -596,7 +605,7 @@ eo_dispatch_step(List *dests, int window_size, bool look_all, int64 *delivered)
 		if (!dest->enabled || (!look_all && !recorded))
 			continue;
 
-		free_slots = Min(dest->concurrency, eo_http_max_concurrency) - count_in_flight(dest->id);
+		free_slots = concurrency_limit(dest) - count_in_flight(dest->id);
 		if (free_slots > 0 && (w = open_retry_window(dest, free_slots)) != NULL)
 		{
 			dlist_push_tail(&windows, &w->node);

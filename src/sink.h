@@ -111,6 +111,9 @@ typedef struct SinkRoutine
 	void		(*check_target) (const struct DestinationConfig *cfg);
 	const char *default_retry_delays;	/* NULL: eo.retry_delays */
 	int			default_concurrency;	/* asynchronous sinks */
+	bool		uncapped;		/* asynchronous sinks: "concurrency" is not
+								 * capped by eo.http_max_concurrency (a
+								 * send costs the sink little: kafka) */
 	bool		logs_attempts;	/* attempts go to eo.http_attempt */
 
 	/* Inline delivery: fill *out (the relay's transaction is open). */

@@ -77,7 +77,7 @@
 #include "sink.h"
 #include "sink_async.h"
 
-#define KAFKA_DEFAULT_CONCURRENCY	256
+#define KAFKA_DEFAULT_CONCURRENCY	1000
 #define KAFKA_MESSAGE_TIMEOUT_MS	"30000"
 #define KAFKA_WAIT_SLICE_MS			1000
 #define KAFKA_IDLE_CLOSE_MS			(5 * 60 * 1000)	/* close a producer unused this
@@ -1082,6 +1082,7 @@ const SinkRoutine eo_kafka_sink = {
 	.check_target = NULL,
 	.default_retry_delays = NULL,
 	.default_concurrency = KAFKA_DEFAULT_CONCURRENCY,
+	.uncapped = true,
 	.logs_attempts = false,
 	.deliver = NULL,
 	.start = kafka_start,
