@@ -219,10 +219,20 @@ drain() {
     printf '  %s: %s msg/s (drained in %s s), relay CPU %s us/msg\n' "$label" "$rate" "$drain_s" "$cpu_us" >&2
     drop_dest "$name"
 }
+# partition_counts FILE: per partition of read_topic's output, the records
+# read and the highest offset + 1 (equal unless records were skipped).
+partition_counts() {
+    sed -E 's/^\{"partition":([0-9]+),"offset":([0-9]+),.*/\1 \2/' "$1" |
+        awk '{ n[$1]++; if ($2 + 1 > end[$1]) end[$1] = $2 + 1 }
+             END { for (p in n) printf "partition %s: %d records, offsets up to %d\n", p, n[p], end[p] }' | sort
+}
 # check_topic TOPIC LABEL [OPTIONS]: the topic holds each message once.
 check_topic() {
     local got
-    read_topic "$1" "$n_msgs" "${@:3}" >"$tmp/run/$1.json" || die "$2: cannot read topic $1 back"
+    if ! read_topic "$1" "$n_msgs" "${@:3}" >"$tmp/run/$1.json"; then
+        partition_counts "$tmp/run/$1.json" >&2
+        die "$2: cannot read topic $1 back"
+    fi
     got=$(count_ids "$tmp/run/$1.json")
     [[ $got == "$n_msgs $n_msgs" ]] || die "$2: topic $1 holds $got records / distinct ids, not $n_msgs"
     echo "  $1 holds the $n_msgs messages, each once" >&2
