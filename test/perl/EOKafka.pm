@@ -6,6 +6,7 @@
 #   my $kafka = EOKafka->new($dir);        # builds the tool, starts a mock
 #   EOKafka->new($dir, brokers => 1)       # a cluster of one broker
 #   $kafka->bootstrap                      # "127.0.0.1:p1,127.0.0.1:p2,..."
+#   $kafka->bootstrap_list                 # the same as a list
 #   $kafka->command('topic orders 4 3')    # one command of kafka_tool's mock
 #                                          # mode (see test/kafka_tool.c):
 #                                          # returns what follows "ok", dies
@@ -23,6 +24,7 @@
 #                                          # id (header eo-id); dies when fewer
 #                                          # than min arrive within timeout
 #   $kafka->stop                           # stops the cluster (also at exit)
+#   EOKafka->build_tool($dir)              # only build kafka_tool (its path)
 #
 # Each EOKafka is its own cluster with its own ports: a test that injects
 # a fault which could hide another (a broker's error stack is consumed
