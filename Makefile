@@ -24,11 +24,16 @@ OBJS = \
 	src/sink_notify.o \
 	src/sink_http.o \
 	src/sink_queue.o \
+	src/sink_async.o \
 	src/http_options.o \
 	src/http_address.o \
 	src/http_request.o \
 	src/sink_nats.o \
 	src/nats_options.o \
+	src/sink_kafka.o \
+	src/kafka_options.o \
+	src/kafka_position.o \
+	src/kafka_txn.o \
 	src/relay_shmem.o \
 	src/relay_spi.o \
 	src/relay_config.o \
@@ -58,15 +63,16 @@ PGFILEDESC = "eo_processing - exactly-once processing for PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 # The HTTP sink uses libcurl (Debian: libcurl4-openssl-dev), the NATS sink
-# libnats (Debian: libnats-dev).
-SHLIB_LINK = -lcurl -lnats
+# libnats (Debian: libnats-dev), the Kafka sink librdkafka (Debian:
+# librdkafka-dev).
+SHLIB_LINK = -lcurl -lnats -lrdkafka
 # -Wextra, minus the two warnings PostgreSQL's own headers trip over.
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare $(EO_CFLAGS)
 
 # pg_regress: sql/ and expected/ at the top level.
 REGRESS = inbox process_seq bad_input privileges objects outbox outbox_errors \
-	destinations grants http_options nats_options http_address_guard keys reconcile \
+	destinations grants http_options nats_options kafka_options http_address_guard keys reconcile \
 	hostile_input log_rotation queue upgrade
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/test.conf

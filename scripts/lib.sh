@@ -15,7 +15,8 @@ PG_CONFIG=$PG_BINDIR/pg_config
 # Debian packages the build, the tests and the demo need.
 EO_PACKAGES=(make gcc "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
 	libipc-run-perl python3-psycopg2 libdbd-pg-perl cppcheck clang-tidy
-	libcurl4-openssl-dev python3-psycopg valgrind openssl nats-server libnats-dev)
+	libcurl4-openssl-dev python3-psycopg valgrind openssl nats-server libnats-dev
+	librdkafka-dev kcat python3-confluent-kafka)
 
 eo_say() { printf '==> %s\n' "$*"; }
 eo_die() { printf 'error: %s\n' "$*" >&2; exit 1; }

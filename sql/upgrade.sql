@@ -155,6 +155,10 @@ SELECT m.topic, m.routes = ARRAY[d.id] AS routed_to_d
  WHERE m.seq IS NOT NULL AND d.name = 'd' ORDER BY m.seq;
 SELECT state, key FROM eo.delivery ORDER BY message_id;
 SELECT slot, count(*) FROM eo.message_log GROUP BY slot ORDER BY slot;
+-- 0.7.0: kafka destinations (#15); eo.destinations hides their secret
+-- librdkafka properties.
+ALTER EXTENSION eo_processing UPDATE TO '0.7.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 \dx+ eo_processing
 
 DROP EXTENSION eo_processing;

@@ -45,6 +45,25 @@ eo_uuid_to_cstring(const pg_uuid_t *id)
 	return out;
 }
 
+/*
+ * eo_iso_timestamp
+ *		A timestamptz as ISO 8601 in UTC ("2026-01-02T03:04:05.123456Z"),
+ *		or "" for an infinite one; palloc'd.  For the headers of sinks.
+ */
+char *
+eo_iso_timestamp(TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		text[MAXDATELEN + 2];
+
+	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return pstrdup("");
+	EncodeDateTime(&tm, fsec, false, 0, NULL, USE_XSD_DATES, text);
+	strlcat(text, "Z", sizeof(text));
+	return pstrdup(text);
+}
+
 /* Append a timestamptz as an ISO 8601 string in UTC. */
 static void
 append_timestamp(StringInfo buf, TimestampTz ts)

@@ -35,5 +35,6 @@ extern void eo_message_from_slot(EoMessage *msg, TupleTableSlot *slot);
 /* envelope.c */
 extern char *eo_envelope(const EoMessage *msg, int max_bytes);
 extern char *eo_uuid_to_cstring(const pg_uuid_t *id);
+extern char *eo_iso_timestamp(TimestampTz ts);
 
 #endif							/* EO_OUTBOX_H */

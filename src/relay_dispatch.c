@@ -76,6 +76,7 @@ typedef struct Window
 	bool		stop;			/* start nothing more (destination gone) */
 	int			limit;			/* sends in flight at most */
 	int64		upto;			/* log windows: the end of the window */
+	int64		recorded_seq;	/* log windows: the cursor when it opened */
 	dlist_head	queue;			/* sends not started, in log order */
 	dlist_head	done;			/* sends finished, or set aside */
 	dlist_head	recorded;		/* retries recorded by the current step */
@@ -208,6 +209,7 @@ window_add(Window *w, const EoMessage *msg, int64 seq, int attempt)
 	rs->s.msg_id = msg->id;
 	rs->s.key = msg->key;
 	rs->s.seq = seq;
+	rs->s.recorded_seq = w->recorded_seq;
 	rs->s.attempt = attempt;
 	dlist_push_tail(&w->queue, &rs->s.node);
 	w->unfinished++;
@@ -474,6 +476,7 @@ open_log_window(DeliveryWrites *writes, const DestinationConfig *dest,
 	}
 	if (*blocked == NULL)
 		*blocked = eo_blocked_keys_load();
+	w->recorded_seq = cursor->delivered_seq;
 	for (int i = 0; i < n; i++)
 	{
 		const char *key = msgs[i].msg.key;

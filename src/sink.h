@@ -74,6 +74,10 @@ typedef struct SinkSend
 	char	   *key;			/* NULL: no key */
 	int64		seq;			/* position in the log; 0 for a parked
 								 * delivery's retry */
+	int64		recorded_seq;	/* log windows: the destination's cursor
+								 * when the window opened (every earlier
+								 * window is recorded, and every retry
+								 * finished before it); 0 for retries */
 	int			attempt;		/* 1 for the first attempt */
 	TimestampTz started_at;
 	bool		finished;
@@ -168,6 +172,7 @@ extern const SinkRoutine eo_notify_sink;
 extern const SinkRoutine eo_http_sink;
 extern const SinkRoutine eo_nats_sink;
 extern const SinkRoutine eo_queue_sink;
+extern const SinkRoutine eo_kafka_sink;
 
 static inline bool
 eo_sink_is_async(const SinkRoutine *sink)

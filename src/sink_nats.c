@@ -55,9 +55,7 @@
  */
 #include "postgres.h"
 
-#include <fcntl.h>
 #include <pthread.h>
-#include <unistd.h>
 
 #include <nats/nats.h>
 
@@ -74,6 +72,7 @@
 #include "destination.h"
 #include "nats_sink.h"
 #include "sink.h"
+#include "sink_async.h"
 
 #define NATS_DEFAULT_CONCURRENCY	64
 #define NATS_CONNECT_TIMEOUT_MS		1000
@@ -132,12 +131,6 @@ typedef struct NatsPub
 	bool		waiting;		/* in "pending" */
 } NatsPub;
 
-typedef struct PendingEntry
-{
-	uint64		token;
-	NatsPub    *pub;
-} PendingEntry;
-
 static bool nats_ready = false;
 static MemoryContext nats_cxt = NULL;
 static HTAB *pending = NULL;	/* token -> NatsPub, on the relay's thread */
@@ -152,18 +145,7 @@ static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
 static NatsAnswer *answers_head = NULL;
 static NatsAnswer *answers_tail = NULL;
 static int	threads_running = 0;
-static int	wake_pipe[2] = {-1, -1};
-static SinkSocket wake_socket;
-
-/* Wake the relay (any thread): a full pipe already holds a wake-up. */
-static void
-wake_relay(void)
-{
-	char		byte = 0;
-
-	if (write(wake_pipe[1], &byte, 1) < 0)
-		return;
-}
+static SinkWakePipe wake_pipe = SINK_WAKE_PIPE_INIT;
 
 /*
  * on_answer
@@ -205,7 +187,7 @@ on_answer(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure
 		answers_head = a;
 	answers_tail = a;
 	pthread_mutex_unlock(&shared_lock);
-	wake_relay();
+	eo_sink_wake(&wake_pipe);
 }
 
 /* libnats credential callback (a libnats thread): a copy of the JWT. */
@@ -325,7 +307,7 @@ connector(void *arg)
 	if (retired)
 		conn_free_memory(c);
 	else
-		wake_relay();
+		eo_sink_wake(&wake_pipe);
 	thread_done();
 	return NULL;
 }
@@ -444,36 +426,16 @@ nats_cleanup(int code, Datum arg)
 static void
 nats_init(void)
 {
-	HASHCTL		ctl;
-
 	if (nats_ready)
 		return;
-	if (wake_pipe[0] < 0)
-	{
-		if (pipe(wake_pipe) != 0)
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("eo_processing relay: could not create a pipe: %m")));
-		for (int i = 0; i < 2; i++)
-		{
-			(void) fcntl(wake_pipe[i], F_SETFL, O_NONBLOCK);
-			(void) fcntl(wake_pipe[i], F_SETFD, FD_CLOEXEC);
-		}
-		wake_socket.fd = wake_pipe[0];
-		wake_socket.events = WL_SOCKET_READABLE;
-	}
+	eo_sink_wake_pipe_open(&wake_pipe);
 	if (nats_Open(-1) != NATS_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("eo_processing relay: could not initialise libnats")));
 	nats_cxt = AllocSetContextCreate(TopMemoryContext, "eo_processing nats sends",
 									 ALLOCSET_DEFAULT_SIZES);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = sizeof(PendingEntry);
-	ctl.hcxt = nats_cxt;
-	pending = hash_create("eo_processing nats pending", 256, &ctl,
-						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	pending = eo_sink_pending_create("eo_processing nats pending", nats_cxt);
 	on_proc_exit(nats_cleanup, (Datum) 0);
 	nats_ready = true;
 }
@@ -617,16 +579,18 @@ conn_for(const DestinationConfig *dest, char **error)
 	if (c != NULL)
 	{
 		HASH_SEQ_STATUS seq;
-		PendingEntry *e;
+		SinkPendingEntry *e;
 
 		/* Its sends will never hear back: let them be retried. */
 		hash_seq_init(&seq, pending);
 		while ((e = hash_seq_search(&seq)) != NULL)
 		{
-			if (e->pub->conn == c)
+			NatsPub    *pub = e->pub;
+
+			if (pub->conn == c)
 			{
-				e->pub->conn = NULL;
-				e->pub->deadline = 0;
+				pub->conn = NULL;
+				pub->deadline = 0;
 			}
 		}
 		*link = c->next;
@@ -641,38 +605,14 @@ conn_for(const DestinationConfig *dest, char **error)
 	return c;
 }
 
-/* A timestamptz as ISO 8601 in UTC ("2026-01-02T03:04:05.123456Z"); palloc'd. */
-static char *
-iso_timestamp(TimestampTz ts)
-{
-	struct pg_tm tm;
-	fsec_t		fsec;
-	char		text[MAXDATELEN + 2];
-
-	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-		return pstrdup("");
-	EncodeDateTime(&tm, fsec, false, 0, NULL, USE_XSD_DATES, text);
-	strlcat(text, "Z", sizeof(text));
-	return pstrdup(text);
-}
-
 /* Finish a send with an outcome (strings copied into the send's context). */
 static void
 finish(SinkSend *send, SinkResult result, const char *error, int status,
 	   const char *response)
 {
-	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(send));
-	SinkOutcome *out = &send->outcome;
 	NatsPub    *pub = send->private;
 
-	out->result = result;
-	out->retry_after_us = -1;
-	out->error = error ? pstrdup(error) : NULL;
-	out->status = status;
-	out->response = response ? pstrdup(response) : NULL;
-	out->latency_ms = pub ? (GetCurrentTimestamp() - pub->started) / 1000.0 : 0;
-	send->finished = true;
-	MemoryContextSwitchTo(old);
+	eo_sink_finish(send, result, error, status, response, pub ? pub->started : 0);
 }
 
 /*
@@ -716,7 +656,7 @@ set_headers(natsMsg *m, const DestinationConfig *dest, const EoMessage *msg,
 	if (s == NATS_OK && msg->key != NULL)
 		s = natsMsgHeader_Set(m, "eo-key", msg->key);
 	if (s == NATS_OK)
-		s = natsMsgHeader_Set(m, "eo-published-at", iso_timestamp(msg->published_at));
+		s = natsMsgHeader_Set(m, "eo-published-at", eo_iso_timestamp(msg->published_at));
 	if (s == NATS_OK && o->stream != NULL)
 		s = natsMsgHeader_Set(m, "Nats-Expected-Stream", o->stream);
 	return s == NATS_OK ? NULL : "out of memory in libnats";
@@ -776,7 +716,7 @@ nats_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	natsMsg    *m = NULL;
 	natsStatus	s;
 	const char *problem;
-	PendingEntry *e;
+	SinkPendingEntry *e;
 	bool		found;
 
 	nats_init();
@@ -932,10 +872,8 @@ classify_answer(SinkSend *send, const NatsAnswer *a)
 static void
 to_done(NatsPub *pub, dlist_head *done)
 {
-	(void) hash_search(pending, &pub->token, HASH_REMOVE, NULL);
+	eo_sink_hand_over(pending, pub->token, pub->send, done);
 	pub->waiting = false;
-	dlist_delete(&pub->send->node);
-	dlist_push_tail(done, &pub->send->node);
 }
 
 /*
@@ -946,16 +884,14 @@ to_done(NatsPub *pub, dlist_head *done)
 static void
 nats_collect(dlist_head *done)
 {
-	char		buf[256];
 	NatsAnswer *list;
 	HASH_SEQ_STATUS seq;
-	PendingEntry *e;
+	SinkPendingEntry *e;
 	TimestampTz now;
 
 	if (!nats_ready)
 		return;
-	while (read(wake_pipe[0], buf, sizeof(buf)) > 0)
-		;
+	eo_sink_wake_drain(&wake_pipe);
 	pthread_mutex_lock(&shared_lock);
 	list = answers_head;
 	answers_head = answers_tail = NULL;
@@ -1017,7 +953,7 @@ static int
 nats_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 {
 	HASH_SEQ_STATUS seq;
-	PendingEntry *e;
+	SinkPendingEntry *e;
 	TimestampTz earliest = PG_INT64_MAX;
 
 	*generation = 1;
@@ -1026,12 +962,14 @@ nats_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 		*out = NULL;
 		return 0;
 	}
-	*out = &wake_socket;
+	*out = &wake_pipe.socket;
 	hash_seq_init(&seq, pending);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->pub->deadline < earliest)
-			earliest = e->pub->deadline;
+		NatsPub    *pub = e->pub;
+
+		if (pub->deadline < earliest)
+			earliest = pub->deadline;
 	}
 	if (earliest != PG_INT64_MAX)
 	{

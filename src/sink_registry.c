@@ -18,6 +18,7 @@ static const SinkRoutine *const sinks[] = {
 	&eo_http_sink,
 	&eo_nats_sink,
 	&eo_queue_sink,
+	&eo_kafka_sink,
 };
 
 /* The sink of a kind, or NULL if there is no such kind. */
@@ -40,7 +41,7 @@ eo_sink_all(int *n)
 	return sinks;
 }
 
-/* The kinds for a hint: "notify", "http", "nats" and "queue" (palloc'd). */
+/* The kinds for a hint: "notify", "http", "nats", "queue" and "kafka" (palloc'd). */
 const char *
 eo_sink_kind_list(void)
 {

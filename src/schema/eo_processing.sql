@@ -305,8 +305,9 @@ COMMENT ON FUNCTION eo.message(uuid) IS
 
 -- Where the relay delivers: kind 'notify' (NOTIFY on a channel), 'http'
 -- (signed webhooks, sent with libcurl outside any transaction), 'nats'
--- (JetStream publishes with libnats, outside any transaction) or 'queue'
--- (kept in eo.queue_message for eo.read() / eo.ack()).  The kinds
+-- (JetStream publishes with libnats, outside any transaction), 'queue'
+-- (kept in eo.queue_message for eo.read() / eo.ack()) or 'kafka' (records
+-- produced with librdkafka, outside any transaction).  The kinds
 -- are the library's sinks; eo.check_destination_options() (through the
 -- destination_check trigger) refuses any other.
 CREATE TABLE eo.destination (
@@ -412,7 +413,7 @@ BEGIN
     INSERT INTO eo.destination_stats (destination_id) VALUES (new_id);
 END $$;
 COMMENT ON FUNCTION eo.create_destination(text, text, jsonb) IS
-    'creates a destination the relay delivers to (kind ''notify'', ''http'', ''nats'' or ''queue'')';
+    'creates a destination the relay delivers to (kind ''notify'', ''http'', ''nats'', ''queue'' or ''kafka'')';
 
 -- The destination called "name", locked against concurrent changes until
 -- the end of the transaction; a clear error when there is none.
@@ -677,8 +678,9 @@ BEGIN
 END $$;
 
 -- Destinations with their options, secrets hidden (http: signing secrets
--- and header values; nats: credentials, tokens and passwords): what
--- operators may see.
+-- and header values; nats: credentials, tokens and passwords; kafka: the
+-- properties holding passwords, secrets or private keys): what operators
+-- may see.
 CREATE VIEW eo.destinations AS
     SELECT d.name, d.kind, d.enabled, d.disabled_reason,
            CASE WHEN d.kind OPERATOR(pg_catalog.=) 'http' THEN
@@ -693,11 +695,21 @@ CREATE VIEW eo.destinations AS
                OPERATOR(pg_catalog.||) (SELECT pg_catalog.jsonb_object_agg(s.key, '(hidden)')
                                           FROM pg_catalog.jsonb_each(d.options) AS s
                                          WHERE s.key OPERATOR(pg_catalog.=) ANY (ARRAY['credentials', 'token', 'password']))
+                WHEN d.kind OPERATOR(pg_catalog.=) 'kafka'
+                     AND pg_catalog.jsonb_typeof(d.options OPERATOR(pg_catalog.->) 'properties') OPERATOR(pg_catalog.=) 'object' THEN
+               d.options OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('properties', coalesce(
+                   (SELECT pg_catalog.jsonb_object_agg(p.key,
+                               CASE WHEN pg_catalog.strpos(p.key, 'password') OPERATOR(pg_catalog.>) 0
+                                         OR pg_catalog.strpos(p.key, 'secret') OPERATOR(pg_catalog.>) 0
+                                         OR p.key OPERATOR(pg_catalog.=) ANY (ARRAY['ssl.key.pem', 'ssl_key', 'sasl.oauthbearer.config'])
+                                    THEN '"(hidden)"'::jsonb ELSE p.value END)
+                      FROM pg_catalog.jsonb_each(d.options OPERATOR(pg_catalog.->) 'properties') AS p),
+                   '{}'::jsonb))
            ELSE d.options END AS options,
            d.created_at
       FROM eo.destination d;
 COMMENT ON VIEW eo.destinations IS
-    'destinations and their options, with signing secrets, header values, credentials, tokens and passwords hidden';
+    'destinations and their options, with signing secrets, header values, credentials, tokens, passwords and secret Kafka properties hidden';
 
 ----------------------------------------------------------------------
 -- Deliveries

@@ -13,7 +13,9 @@
 # its own log, vg.<pid>.log.
 #
 # The scenario is short but takes the relay through its paths: NOTIFY,
-# NATS JetStream (a cluster of three nats-server processes) and signed
+# NATS JetStream (a cluster of three nats-server processes), Kafka (the
+# default and the exactly_once producer, against librdkafka's mock
+# cluster; a record refused for good; a producer closed) and signed
 # webhook deliveries of a few hundred messages (keyed, text, too
 # large for a notification) to test/webhook_receiver.py answering with
 # 500, 429, a dropped connection or a response slower than the timeout for
@@ -59,6 +61,7 @@ use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use EONotify;
 use EONats;
+use EOKafka;
 
 plan skip_all => 'valgrind is not installed (Debian package valgrind)'
   unless system('valgrind --version >/dev/null 2>&1') == 0;
@@ -393,6 +396,42 @@ ok(wait_for($all_done, 'the message held by 410'), 'alter_destination enables it
 	is($nats->tool('count', 'VG'), "41\n", 'nats: the stream holds them');
 	is(sql(q{SELECT delivered_total FROM eo.stats WHERE destination = 'vg_nats'}), '41',
 		'nats: eo.stats counts them');
+}
+
+######################################################################
+# Kafka (librdkafka's mock cluster, in a process of its own): the
+# idempotent producer, whose delivery reports wake the relay through
+# librdkafka's queue event; an exactly_once destination, whose
+# transaction thread writes batches with the position record; a record
+# above message.max.bytes, dead at once, and its destination dropped (its
+# producer closed while the relay runs).  The first two stay for the exit
+# paths below.
+######################################################################
+
+{
+	my $kafka = EOKafka->new("$PostgreSQL::Test::Utils::tmp_check/vg_kafka");
+	$kafka->create_topic($_, 2) for qw(vgk vgk_eos vgk_small);
+	my $bs = $kafka->bootstrap;
+	sql(qq{SELECT eo.create_destination('vg_kafka', 'kafka', '{"bootstrap_servers": "$bs", "topic": "vgk"}')});
+	sql(qq{SELECT eo.create_destination('vg_kafka_eos', 'kafka', '{"bootstrap_servers": "$bs", "topic": "vgk_eos", "exactly_once": true}')});
+	sql(qq{SELECT eo.create_destination('vg_kafka_small', 'kafka', '{"bootstrap_servers": "$bs", "topic": "vgk_small", "properties": {"message.max.bytes": 10000}}')});
+	sql(q{SELECT eo.subscribe('vgk.*', 'vg_kafka')});
+	sql(q{SELECT eo.subscribe('vgk.*', 'vg_kafka_eos')});
+	sql(q{SELECT eo.subscribe('vgks.*', 'vg_kafka_small')});
+	sql(q{SELECT count(eo.publish('vgk.x', jsonb_build_object('i', g), 'k' || (g % 4), '{"X-A": "1"}')) FROM generate_series(1, 20) g});
+	sql(q{SELECT eo.publish('vgk.text', 'plain text'::text)});
+	sql(q{SELECT eo.publish('vgks.big', jsonb_build_object('blob', repeat('x', 20000)))});
+	sql(q{SELECT eo.publish('vgks.small', '{"fits": true}'::jsonb)});
+	ok(wait_for($all_done, 'the kafka deliveries'), 'kafka: every message delivered (or dead)');
+	is( sql(q{SELECT string_agg(destination || ' ' || delivered_total || ' ' || dead, ', ' ORDER BY destination)
+	            FROM eo.stats WHERE kind = 'kafka'}),
+		'vg_kafka 21 0, vg_kafka_eos 21 0, vg_kafka_small 1 1',
+		'kafka: eo.stats counts them, the large one dead');
+	my @plain = $kafka->records('vgk', min => 21, timeout => 60);
+	is(scalar @plain, 21, 'kafka: the topic holds them');
+	my @eos = $kafka->records('vgk_eos', min => 21, timeout => 60, read_committed => 1);
+	is(scalar @eos, 21, 'kafka: so does the exactly_once topic');
+	sql(q{SELECT eo.drop_destination('vg_kafka_small', force => true)});
 }
 
 ######################################################################
