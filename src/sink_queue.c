@@ -415,6 +415,8 @@ queue_timers(List *dests, TimestampTz now, bool signalled)
 				if (((DestinationConfig *) lfirst(lc))->id == id)
 					dest = lfirst(lc);
 			}
+			if (dest == NULL)
+				continue;		/* cannot happen: the ids come from dests */
 			if (readable && (old == NULL || old->due <= now || signalled))
 				Async_Notify(QUEUE_OPTIONS(dest)->channel, dest->name);
 			next_state[r].dest_id = id;
