@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * relay_spi.c
- *	  Helpers the relay's files share for talking SQL through SPI: saved
- *	  plans, and reading a message out of a result row.
+ *	  Helpers for talking SQL through SPI, shared by the relay's files and
+ *	  the sinks' SQL functions: saved plans, and reading a message out of
+ *	  a result row.
  *
  *-------------------------------------------------------------------------
  */
@@ -17,8 +18,9 @@
 
 /*
  * eo_relay_prepare
- *		Prepare and keep a plan of the relay (the statement text is a
- *		constant); *plan caches it until eo_relay_free_plans().
+ *		Prepare and keep a plan (the statement text is a constant), for the
+ *		relay and for the SQL functions of the sinks (eo.read(), ...);
+ *		*plan caches it until eo_relay_free_plans() or the process ends.
  */
 SPIPlanPtr
 eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
@@ -28,7 +30,7 @@ eo_relay_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
 
 		if (p == NULL)
-			elog(ERROR, "eo_processing relay: SPI_prepare failed: %s",
+			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(p);
 		*plan = p;

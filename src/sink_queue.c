@@ -236,18 +236,13 @@ queue_deliver(const DestinationConfig *dest, const EoMessage *msg, SinkOutcome *
 	if (insert_plan == NULL)
 	{
 		Oid			all[9];
-		SPIPlanPtr	p;
 
 		memcpy(all, types, sizeof(types));
 		all[8] = TEXTOID;
-		p = SPI_prepare("INSERT INTO eo.queue_message (destination_id, visible_at, enqueued_at,"
-						" published_at, id, topic, key, headers, payload, payload_text)"
-						" VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9)", 9, all);
-		if (p == NULL)
-			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		insert_plan = p;
+		(void) eo_relay_prepare(&insert_plan,
+								"INSERT INTO eo.queue_message (destination_id, visible_at, enqueued_at,"
+								" published_at, id, topic, key, headers, payload, payload_text)"
+								" VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9)", 9, all);
 	}
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(dest->id);
@@ -380,20 +375,15 @@ queue_timers(List *dests, TimestampTz now, bool signalled)
 
 		if (timers_plan == NULL)
 		{
-			SPIPlanPtr	p = SPI_prepare("SELECT d.id,"
-										"       EXISTS (SELECT 1 FROM eo.queue_message q"
-										"                WHERE q.destination_id = d.id AND q.dead_at IS NULL"
-										"                  AND q.visible_at <= $1),"
-										"       (SELECT min(q.visible_at) FROM eo.queue_message q"
-										"         WHERE q.destination_id = d.id AND q.dead_at IS NULL"
-										"           AND q.visible_at > $1)"
-										"  FROM unnest($2) AS d(id)", 2, types);
-
-			if (p == NULL)
-				elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-					 SPI_result_code_string(SPI_result));
-			SPI_keepplan(p);
-			timers_plan = p;
+			(void) eo_relay_prepare(&timers_plan,
+									"SELECT d.id,"
+									"       EXISTS (SELECT 1 FROM eo.queue_message q"
+									"                WHERE q.destination_id = d.id AND q.dead_at IS NULL"
+									"                  AND q.visible_at <= $1),"
+									"       (SELECT min(q.visible_at) FROM eo.queue_message q"
+									"         WHERE q.destination_id = d.id AND q.dead_at IS NULL"
+									"           AND q.visible_at > $1)"
+									"  FROM unnest($2) AS d(id)", 2, types);
 		}
 		args[0] = TimestampTzGetDatum(now);
 		args[1] = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
@@ -496,14 +486,9 @@ queue_open(FunctionCallInfo fcinfo, QueueCall *q)
 	if (find_plan == NULL)
 	{
 		/* Every call of a consumer function looks its queue up: keep the plan. */
-		SPIPlanPtr	p = SPI_prepare("SELECT id, kind, options FROM eo.destination WHERE name = $1",
-									1, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		find_plan = p;
+		(void) eo_relay_prepare(&find_plan,
+								"SELECT id, kind, options FROM eo.destination WHERE name = $1",
+								1, argtypes);
 	}
 	args[0] = CStringGetTextDatum(name);
 	if (SPI_execute_plan(find_plan, args, NULL, true, 1) != SPI_OK_SELECT)
@@ -725,43 +710,38 @@ eo_read(PG_FUNCTION_ARGS)
 	if (plan == NULL)
 	{
 		Oid			types[5] = {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID};
-		SPIPlanPtr	p;
 
 		/*
 		 * The candidates: alive and visible, first of their key among the
 		 * alive messages, oldest first; rows locked by another reader are
 		 * skipped.  Each is leased, or marked dead after its last attempt.
 		 */
-		p = SPI_prepare("WITH taken AS ("
-						" UPDATE eo.queue_message q"
-						"    SET lease = CASE WHEN q.attempt >= $5 THEN NULL"
-						"                     ELSE nextval('eo.queue_lease_seq') END,"
-						"        attempt = CASE WHEN q.attempt >= $5 THEN q.attempt ELSE q.attempt + 1 END,"
-						"        visible_at = CASE WHEN q.attempt >= $5 THEN q.visible_at ELSE $4 END,"
-						"        dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
-						"  WHERE q.ctid = ANY (ARRAY("
-						"        SELECT c.ctid FROM eo.queue_message c"
-						"         WHERE c.destination_id = $1 AND c.dead_at IS NULL"
-						"           AND c.visible_at <= $3"
-						"           AND (c.key IS NULL OR NOT EXISTS ("
-						"                SELECT 1 FROM eo.queue_message e"
-						"                 WHERE e.destination_id = $1 AND e.key = c.key"
-						"                   AND e.qseq < c.qseq AND e.dead_at IS NULL))"
-						"         ORDER BY c.visible_at, c.qseq"
-						"         LIMIT $2"
-						"         FOR UPDATE SKIP LOCKED))"
-						" RETURNING q.qseq, q.id, q.lease, q.topic, q.key, q.headers, q.payload,"
-						"           q.payload_text, q.published_at, q.attempt, q.dead_at IS NOT NULL)"
-						" SELECT id, lease, topic, key, headers, payload, payload_text,"
-						"        published_at, attempt, dead"
-						"   FROM taken AS t (qseq, id, lease, topic, key, headers, payload,"
-						"                    payload_text, published_at, attempt, dead)"
-						"  ORDER BY qseq", 5, types);
-		if (p == NULL)
-			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plan = p;
+		(void) eo_relay_prepare(&plan,
+								"WITH taken AS ("
+								" UPDATE eo.queue_message q"
+								"    SET lease = CASE WHEN q.attempt >= $5 THEN NULL"
+								"                     ELSE nextval('eo.queue_lease_seq') END,"
+								"        attempt = CASE WHEN q.attempt >= $5 THEN q.attempt ELSE q.attempt + 1 END,"
+								"        visible_at = CASE WHEN q.attempt >= $5 THEN q.visible_at ELSE $4 END,"
+								"        dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
+								"  WHERE q.ctid = ANY (ARRAY("
+								"        SELECT c.ctid FROM eo.queue_message c"
+								"         WHERE c.destination_id = $1 AND c.dead_at IS NULL"
+								"           AND c.visible_at <= $3"
+								"           AND (c.key IS NULL OR NOT EXISTS ("
+								"                SELECT 1 FROM eo.queue_message e"
+								"                 WHERE e.destination_id = $1 AND e.key = c.key"
+								"                   AND e.qseq < c.qseq AND e.dead_at IS NULL))"
+								"         ORDER BY c.visible_at, c.qseq"
+								"         LIMIT $2"
+								"         FOR UPDATE SKIP LOCKED))"
+								" RETURNING q.qseq, q.id, q.lease, q.topic, q.key, q.headers, q.payload,"
+								"           q.payload_text, q.published_at, q.attempt, q.dead_at IS NOT NULL)"
+								" SELECT id, lease, topic, key, headers, payload, payload_text,"
+								"        published_at, attempt, dead"
+								"   FROM taken AS t (qseq, id, lease, topic, key, headers, payload,"
+								"                    payload_text, published_at, attempt, dead)"
+								"  ORDER BY qseq", 5, types);
 	}
 
 	/*
@@ -838,23 +818,15 @@ eo_ack(PG_FUNCTION_ARGS)
 	if (plan == NULL)
 	{
 		Oid			types[2] = {INT4OID, INT8ARRAYOID};
-		SPIPlanPtr	p = SPI_prepare("DELETE FROM eo.queue_message"
-									" WHERE lease = ANY ($2) AND destination_id = $1"
-									" RETURNING lease, key IS NOT NULL", 2, types);
 
-		if (p == NULL)
-			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plan = p;
+		(void) eo_relay_prepare(&plan,
+								"DELETE FROM eo.queue_message"
+								" WHERE lease = ANY ($2) AND destination_id = $1"
+								" RETURNING lease, key IS NOT NULL", 2, types);
 		types[1] = INT8OID;
-		p = SPI_prepare("INSERT INTO eo.queue_ack (destination_id, acked) VALUES ($1, $2)",
-						2, types);
-		if (p == NULL)
-			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		count_plan = p;
+		(void) eo_relay_prepare(&count_plan,
+								"INSERT INTO eo.queue_ack (destination_id, acked) VALUES ($1, $2)",
+								2, types);
 	}
 	{
 		Datum		args[2] = {Int32GetDatum(q.cfg.id), PointerGetDatum(leases)};
@@ -934,23 +906,18 @@ eo_nack(PG_FUNCTION_ARGS)
 	if (plan == NULL)
 	{
 		Oid			types[5] = {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID, INT4OID};
-		SPIPlanPtr	p;
 
-		p = SPI_prepare("UPDATE eo.queue_message q"
-						"   SET lease = NULL,"
-						"       visible_at = $3 + make_interval(secs =>"
-						"           $4[least(greatest(q.attempt, 1), cardinality($4))] / 1000000.0),"
-						"       dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
-						" WHERE q.lease = ANY ($2) AND q.destination_id = $1"
-						" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3,"
-						"           CASE WHEN q.dead_at IS NULL AND q.visible_at > $3"
-						"                THEN q.visible_at END",
-						5, types);
-		if (p == NULL)
-			elog(ERROR, "eo_processing: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plan = p;
+		(void) eo_relay_prepare(&plan,
+								"UPDATE eo.queue_message q"
+								"   SET lease = NULL,"
+								"       visible_at = $3 + make_interval(secs =>"
+								"           $4[least(greatest(q.attempt, 1), cardinality($4))] / 1000000.0),"
+								"       dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
+								" WHERE q.lease = ANY ($2) AND q.destination_id = $1"
+								" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3,"
+								"           CASE WHEN q.dead_at IS NULL AND q.visible_at > $3"
+								"                THEN q.visible_at END",
+								5, types);
 	}
 	{
 		Datum		args[5];
