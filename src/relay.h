@@ -92,7 +92,7 @@ extern void eo_relay_config_changed(Oid dboid);
 extern void eo_relay_stop_database_at_commit(void);
 extern void eo_relay_wake_at_commit(void);
 extern void eo_relay_timer_at(TimestampTz when);
-extern TimestampTz eo_relay_take_timer(RelaySlot *slot);
+extern bool eo_relay_take_timer(RelaySlot *slot, TimestampTz now);
 
 /* relay GUCs (eo_processing.c) */
 extern bool eo_relay_enabled;

@@ -371,18 +371,22 @@ eo_relay_timer_at(TimestampTz when)
 
 /*
  * eo_relay_take_timer
- *		The worker's retry step takes its timer (the sinks' timers then work
- *		out what is due from the tables): returns it and leaves DT_NOEND, so
- *		that a later eo_relay_timer_at() wakes the worker again.
+ *		The worker's retry step takes its timer if it has fallen due by
+ *		"now" (the sinks' timers then work out what is readable from the
+ *		tables): returns true and leaves DT_NOEND, so that a later
+ *		eo_relay_timer_at() wakes the worker again.  A time still ahead
+ *		stays in the slot (its cause may not be committed yet, so the
+ *		tables may not show it): the worker's loop waits for it.
  */
-TimestampTz
-eo_relay_take_timer(RelaySlot *slot)
+bool
+eo_relay_take_timer(RelaySlot *slot, TimestampTz now)
 {
-	TimestampTz due;
+	bool		due;
 
 	LWLockAcquire(eo_relay->lock, LW_EXCLUSIVE);
-	due = slot->timer_due;
-	slot->timer_due = DT_NOEND;
+	due = (slot->timer_due <= now);
+	if (due)
+		slot->timer_due = DT_NOEND;
 	LWLockRelease(eo_relay->lock);
 	return due;
 }

@@ -314,12 +314,15 @@ run_sink_timers(TimestampTz now)
 	bool		signalled = false;
 
 	if (my_slot != NULL)
-		signalled = eo_relay_take_timer(my_slot) <= now;
+		signalled = eo_relay_take_timer(my_slot, now);
 	for (int i = 0; i < nsinks; i++)
 	{
 		if (sinks[i]->timers)
 			next = Min(next, sinks[i]->timers(eo_relay_config()->dests, now, signalled));
 	}
+	/* A time still ahead in the slot (unlocked read, as in the loop). */
+	if (my_slot != NULL)
+		next = Min(next, my_slot->timer_due);
 	return next;
 }
 
