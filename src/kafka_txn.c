@@ -335,6 +335,28 @@ finish_error(KafkaTxn *t, rd_kafka_error_t *e, const char *what)
 }
 
 /*
+ * abort_after
+ *		A record of the open transaction could not be produced: note why
+ *		and abort.  TXN_ABORTED, or TXN_FATAL if even the abort failed.
+ */
+static KafkaTxnResult
+abort_after(KafkaTxn *t, const char *what, rd_kafka_resp_err_t err)
+{
+	rd_kafka_error_t *e;
+
+	pthread_mutex_lock(&t->lock);
+	set_error(t, what, rd_kafka_err2str(err));
+	pthread_mutex_unlock(&t->lock);
+	e = rd_kafka_abort_transaction(t->rk, TXN_ABORT_TIMEOUT_MS);
+	if (e != NULL)
+	{
+		rd_kafka_error_destroy(e);
+		return TXN_FATAL;
+	}
+	return TXN_ABORTED;
+}
+
+/*
  * run_batch
  *		One Kafka transaction: the batch's records and the position
  *		record, committed together.  Per-record errors land in the
@@ -364,16 +386,7 @@ run_batch(KafkaTxn *t, KafkaRecord *batch, const char *position)
 		else
 		{
 			r->err = err;
-			pthread_mutex_lock(&t->lock);
-			set_error(t, "could not produce a record", rd_kafka_err2str(err));
-			pthread_mutex_unlock(&t->lock);
-			e = rd_kafka_abort_transaction(t->rk, TXN_ABORT_TIMEOUT_MS);
-			if (e != NULL)
-			{
-				rd_kafka_error_destroy(e);
-				return TXN_FATAL;
-			}
-			return TXN_ABORTED;
+			return abort_after(t, "could not produce a record", err);
 		}
 	}
 	err = rd_kafka_producev(t->rk,
@@ -384,18 +397,7 @@ run_batch(KafkaTxn *t, KafkaRecord *batch, const char *position)
 							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 							RD_KAFKA_V_END);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-	{
-		pthread_mutex_lock(&t->lock);
-		set_error(t, "could not produce the position record", rd_kafka_err2str(err));
-		pthread_mutex_unlock(&t->lock);
-		e = rd_kafka_abort_transaction(t->rk, TXN_ABORT_TIMEOUT_MS);
-		if (e != NULL)
-		{
-			rd_kafka_error_destroy(e);
-			return TXN_FATAL;
-		}
-		return TXN_ABORTED;
-	}
+		return abort_after(t, "could not produce the position record", err);
 	for (int tries = 1;; tries++)
 	{
 		e = rd_kafka_commit_transaction(t->rk, TXN_COMMIT_TIMEOUT_MS);
