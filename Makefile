@@ -17,6 +17,7 @@ OBJS = \
 	src/inbox.o \
 	src/producer_seq.o \
 	src/outbox.o \
+	src/outbox_vacuum.o \
 	src/envelope.o \
 	src/topic.o \
 	src/destination.o \

@@ -44,4 +44,9 @@ extern int	eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out,
 extern int	eo_log_quarantine_head(const char *error);
 extern void eo_log_forget_plans(void);
 
+/* outbox_vacuum.c: the relay vacuums the outbox it routes from */
+extern void eo_outbox_note_routed(int n);
+extern bool eo_outbox_vacuum_due(void);
+extern ErrorData *eo_outbox_vacuum(void);
+
 #endif							/* EO_MESSAGE_LOG_H */

@@ -15,7 +15,9 @@
  *		3. dispatch: record the finished windows of asynchronous sinks and
  *		   open new ones (relay_dispatch.c); their sends start after the
  *		   commit, outside any transaction;
- *		4. housekeeping now and then;
+ *		4. housekeeping now and then, and a VACUUM of eo.outbox after
+ *		   every few tens of thousands of messages routed
+ *		   (outbox_vacuum.c);
  *		then wait on the latch (set when a publishing transaction commits)
  *		and on the sinks' sockets.
  *	  The loop never names a kind of destination: sinks are reached
@@ -69,6 +71,14 @@ static MemoryContext loop_cxt = NULL;
 static int	batch_limit = 0;	/* shrinks after errors, grows back */
 
 static int	consecutive_errors = 0;
+
+/*
+ * Table statistics not yet flushed (pgstat_report_stat() flushes at most
+ * once a second): how long until the next try, 0 if none are pending.  An
+ * idle relay wakes up for it, as an idle backend does, so that
+ * pg_stat_user_tables shows what it did.
+ */
+static long stats_flush_ms = 0;
 static char last_logged_error[EO_RELAY_ERROR_LEN];
 static TimestampTz last_logged_at = 0;
 
@@ -559,7 +569,7 @@ run_step(StepKind kind, int *result, TimestampTz *next_retry)
 	MemoryContextSwitchTo(loop_cxt);
 	if (kind == STEP_DISPATCH)
 		eo_dispatch_step_done(ok);
-	pgstat_report_stat(false);
+	stats_flush_ms = pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return ok;
 }
@@ -791,6 +801,8 @@ eo_relay_worker_main(Datum main_arg)
 		}
 		MemoryContextReset(loop_cxt);
 		my_slot->last_wakeup = GetCurrentTimestamp();
+		if (stats_flush_ms > 0)
+			stats_flush_ms = pgstat_report_stat(false);
 
 		if (!my_slot->wanted || my_slot->stop_requested)
 			ready = exit_if_unwanted();
@@ -839,6 +851,7 @@ eo_relay_worker_main(Datum main_arg)
 				if (run_step(STEP_ROUTE, &routed, NULL))
 				{
 					keep_marks();
+					eo_outbox_note_routed(routed);
 					route_again = (routed >= batch_limit) || route_lock_busy || route_more;
 					more |= route_again;
 					retry_needed |= route_parked;
@@ -878,7 +891,23 @@ eo_relay_worker_main(Datum main_arg)
 			if (ok)
 				retry_needed = false;
 
-			/* 4. Housekeeping. */
+			/* 4. Housekeeping; and VACUUM eo.outbox after many routings. */
+			if (eo_outbox_vacuum_due())
+			{
+				ErrorData  *edata;
+
+				set_state(RELAY_HOUSEKEEPING);
+				pgstat_report_activity(STATE_RUNNING, "vacuuming eo.outbox");
+				edata = eo_outbox_vacuum();
+				if (edata != NULL)
+				{
+					log_error_once("vacuuming eo.outbox", edata);
+					FreeErrorData(edata);
+				}
+				stats_flush_ms = pgstat_report_stat(false);
+				pgstat_report_activity(STATE_IDLE, NULL);
+			}
+
 			if (now >= next_housekeeping)
 			{
 				set_state(RELAY_HOUSEKEEPING);
@@ -951,6 +980,8 @@ eo_relay_worker_main(Datum main_arg)
 			timeout_ms = wake <= now ? 1 :
 				(long) Min((wake - now) / 1000 + 1, (int64) eo_relay_naptime_secs * 1000);
 		}
+		if (stats_flush_ms > 0)
+			timeout_ms = Min(timeout_ms, stats_flush_ms);
 		(void) eo_dispatch_wait(timeout_ms, &woken);
 	}
 }
