@@ -152,6 +152,7 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	bool		isnull;
 	MemoryContext cxt = CurrentMemoryContext;
 	Datum	   *ids;
+	Datum	   *tids;
 	Datum	   *counts;
 	int32	   *all_routes;
 	int			nall = 0;
@@ -162,7 +163,7 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	 * its primary key instead of sorting it whole for every batch.
 	 */
 	eo_relay_prepare(&plan_claim,
-					 "SELECT id, published_at, topic, key, headers, payload, payload_text"
+					 "SELECT id, published_at, topic, key, headers, payload, payload_text, ctid"
 					 "  FROM eo.outbox ORDER BY id LIMIT $1",
 					 1, types);
 	if (SPI_execute_plan(plan_claim, values, NULL, false, 0) != SPI_OK_SELECT)
@@ -178,6 +179,7 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	MemoryContextSwitchTo(cxt);
 	msgs = palloc0(sizeof(LogMessage) * n);
 	ids = palloc(sizeof(Datum) * n);
+	tids = palloc(sizeof(Datum) * n);
 	counts = palloc(sizeof(Datum) * n);
 	all_routes = palloc(sizeof(int32) * n * Max(list_length((*config)->dests), 1));
 	for (uint64 i = 0; i < n; i++)
@@ -185,6 +187,7 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 		eo_message_read_spi(&msgs[i].msg, claimed->vals[i], claimed->tupdesc, 1, false);
 		route_message(*config, &msgs[i]);
 		ids[i] = UUIDPGetDatum(&msgs[i].msg.id);
+		tids[i] = SPI_getbinval(claimed->vals[i], claimed->tupdesc, 8, &isnull);
 		counts[i] = Int32GetDatum(msgs[i].ndests);
 		memcpy(all_routes + nall, msgs[i].dests, sizeof(int32) * msgs[i].ndests);
 		nall += msgs[i].ndests;
@@ -207,11 +210,14 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	/*
 	 * Move: the i-th message gets position first + i - 1 and, as routes,
 	 * the next counts[i] entries of the flat array of destination ids.
+	 * The rows are found by the ctid the claim read (no index probe), and
+	 * must still have the claimed id: anything else deletes fewer rows
+	 * than claimed, an error.
 	 */
 	{
 		Datum	   *flat = palloc(sizeof(Datum) * Max(nall, 1));
-		Oid			mtypes[4] = {UUIDARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8OID};
-		Datum		mvalues[4];
+		Oid			mtypes[5] = {UUIDARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8OID, TIDARRAYOID};
+		Datum		mvalues[5];
 
 		for (int i = 0; i < nall; i++)
 			flat[i] = Int32GetDatum(all_routes[i]);
@@ -222,21 +228,24 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 		mvalues[2] = PointerGetDatum(construct_array(flat, nall, INT4OID, 4, true,
 													 TYPALIGN_INT));
 		mvalues[3] = Int64GetDatum(last - (int64) n + 1);
+		mvalues[4] = PointerGetDatum(construct_array(tids, (int) n, TIDOID, sizeof(ItemPointerData),
+													 false, TYPALIGN_SHORT));
 		eo_relay_prepare(&plan_move,
 						 "WITH r AS ("
-						 "  SELECT r.id, r.n, $4 + r.i - 1 AS seq,"
+						 "  SELECT r.id, r.t, r.n, $4 + r.i - 1 AS seq,"
 						 "         (sum(r.n) OVER (ORDER BY r.i) - r.n)::int4 AS start"
-						 "    FROM unnest($1, $2) WITH ORDINALITY AS r(id, n, i)),"
-						 " m AS (DELETE FROM eo.outbox o USING r WHERE o.id = r.id RETURNING o.*)"
+						 "    FROM unnest($1, $5, $2) WITH ORDINALITY AS r(id, t, n, i)),"
+						 " m AS (DELETE FROM eo.outbox o USING r WHERE o.ctid = r.t AND o.id = r.id"
+						 "       RETURNING o.*, r.n, r.seq, r.start)"
 						 " INSERT INTO eo.message_log"
 						 "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
 						 "    destinations, published_by, seq, routes, slot)"
 						 " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
-						 "        m.payload_text, now(), r.n, m.published_by, r.seq,"
-						 "        coalesce($3[r.start + 1 : r.start + r.n], '{}'),"
+						 "        m.payload_text, now(), m.n, m.published_by, m.seq,"
+						 "        coalesce($3[m.start + 1 : m.start + m.n], '{}'),"
 						 "        coalesce((SELECT current_slot FROM eo.message_log_rotation), 0)"
-						 "   FROM m JOIN r ON r.id = m.id",
-						 4, mtypes);
+						 "   FROM m",
+						 5, mtypes);
 		if (SPI_execute_plan(plan_move, mvalues, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "eo_processing relay: could not move messages to eo.message_log");
 		if (SPI_processed != n)
