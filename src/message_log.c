@@ -46,6 +46,7 @@ static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_seq = NULL;
 static SPIPlanPtr plan_move = NULL;
 static SPIPlanPtr plan_cursors = NULL;
+static SPIPlanPtr plan_head = NULL;
 
 /* A relation of the extension's schema, or InvalidOid if there is none. */
 static Oid
@@ -101,8 +102,12 @@ eo_log_head(void)
 	bool		isnull;
 	Datum		d;
 
-	/* Planned each time: a generic plan made on an empty log scans it. */
-	if (SPI_execute("SELECT coalesce(max(seq), 0) FROM eo.message_log", false, 1) != SPI_OK_SELECT ||
+	/*
+	 * A saved plan: the relay turns enable_seqscan off, so that even a
+	 * plan made on an empty log reads each slot's index backwards.
+	 */
+	eo_relay_prepare(&plan_head, "SELECT coalesce(max(seq), 0) FROM eo.message_log", 0, NULL);
+	if (SPI_execute_plan(plan_head, NULL, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "eo_processing relay: could not read the end of the log");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -405,7 +410,7 @@ eo_log_quarantine_head(const char *error)
 void
 eo_log_forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_claim, &plan_seq, &plan_move, &plan_cursors};
+	SPIPlanPtr *plans[] = {&plan_claim, &plan_seq, &plan_move, &plan_cursors, &plan_head};
 
 	eo_relay_free_plans(plans, lengthof(plans));
 }

@@ -649,6 +649,7 @@ eo_relay_run(PG_FUNCTION_ARGS)
 	int			limit = PG_ARGISNULL(0) ? eo_relay_batch_size : PG_GETARG_INT32(0);
 	int			routed;
 	int			retried;
+	int			save_nestlevel;
 
 	if (limit < 1)
 		ereport(ERROR,
@@ -663,11 +664,19 @@ eo_relay_run(PG_FUNCTION_ARGS)
 
 	eo_relay_config_init(NULL);	/* no generation counter: always reload */
 
+	/*
+	 * As in the worker, the saved plans must read through indexes even if
+	 * made while a table was empty: enable_seqscan is off for the call.
+	 */
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "eo_processing: SPI_connect failed");
 	routed = route_step(limit, true);
 	retried = retry_step(limit, NULL);
 	SPI_finish();
+	AtEOXact_GUC(true, save_nestlevel);
 
 	if (routed > 0 || retried > 0)
 		eo_relay_wake_at_commit();
