@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * http.h
- *	  The HTTP sink: webhook requests (http_request.c) and the relay's
- *	  dispatcher that keeps them in flight with libcurl (http_sink.c).
+ *	  The HTTP sink: webhook requests (http_request.c) and the sink that
+ *	  keeps them in flight with libcurl (sink_http.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -51,17 +51,21 @@ typedef struct HttpOptions
 
 /*
  * One request of one delivery attempt.  Everything it owns (body, header
- * list, the easy handle) is freed by eo_http_request_free(); the struct and
- * body live in its own memory context "cxt", child of the dispatcher's.
- * The response fields are written by libcurl callbacks, which therefore
- * never allocate and never raise errors.
+ * list) is freed by eo_http_request_free(); the struct and body live in its
+ * own memory context "cxt", child of the sink's.  The easy handle is lent by
+ * the sink (sink_http.c) while the request is on its way and taken back
+ * before the request is freed.  The response fields are written by libcurl
+ * callbacks, which therefore never allocate and never raise errors.
  */
 typedef struct HttpRequest
 {
 	struct SinkSend *send;		/* the relay's send this request serves */
 	MemoryContext cxt;
-	CURL	   *easy;			/* NULL if the request could not be built */
+	CURL	   *easy;			/* NULL if the request could not be built,
+								 * or once the sink took it back */
 	struct curl_slist *headers;
+	char	   *body;
+	size_t		body_len;
 	int32		dest_id;
 	pg_uuid_t	msg_id;
 	int			attempt;		/* 1 for the first attempt */
@@ -90,13 +94,14 @@ typedef struct HttpRequest
 extern HttpRequest *eo_http_request_build(MemoryContext parent,
 										  const DestinationConfig *dest,
 										  const EoMessage *msg, int attempt);
+extern void eo_http_request_attach(HttpRequest *req, const DestinationConfig *dest,
+								   CURL *easy);
 extern void eo_http_request_collect(HttpRequest *req, CURLcode result);
 extern const char *eo_http_request_error(const HttpRequest *req);
 extern void eo_http_request_free(HttpRequest *req);
 extern char *eo_webhook_signature(const DestinationConfig *dest, const char *msg_id,
 								  int64 timestamp, const char *body, size_t body_len);
 
-/* http_sink.c */
 /* http_options.c */
 extern bool eo_parse_http_option(const char *name, const JsonbValue *v,
 								 DestinationConfig *cfg);

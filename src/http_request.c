@@ -3,10 +3,11 @@
  * http_request.c
  *	  One webhook request: the body, the headers (the destination's, the
  *	  message's, then the relay's own: Idempotency-Key and the Standard
- *	  Webhooks webhook-id / webhook-timestamp / webhook-signature), and a
- *	  libcurl easy handle ready to be added to the dispatcher's multi
- *	  handle.  After the transfer, the status, Retry-After, latency and the
- *	  first bytes of the response are read back into the request.
+ *	  Webhooks webhook-id / webhook-timestamp / webhook-signature), and the
+ *	  options of the libcurl easy handle the sink lends it, ready to be
+ *	  added to the sink's multi handle.  After the transfer, the status,
+ *	  Retry-After, latency and the first bytes of the response are read back
+ *	  into the request.
  *
  *	  Signature (Standard Webhooks): for every secret of the destination,
  *	  "v1," + base64(HMAC-SHA256(secret, "<id>.<timestamp>.<body>")),
@@ -20,9 +21,10 @@
  *	  and the address of a reused connection before a request is sent on it.
  *
  *	  Memory: a request and everything palloc'd for it live in its own
- *	  context; libcurl's own allocations (easy handle, header list) are
- *	  freed by eo_http_request_free().  The libcurl callbacks below run
- *	  inside libcurl: they never palloc, never raise an error.
+ *	  context; its header list (libcurl's allocation) is freed by
+ *	  eo_http_request_free().  The easy handle is not the request's: the
+ *	  sink lends it (sink_http.c) and takes it back.  The libcurl callbacks
+ *	  below run inside libcurl: they never palloc, never raise an error.
  *
  *-------------------------------------------------------------------------
  */
@@ -292,9 +294,10 @@ message_headers(HttpRequest *req, const DestinationConfig *dest, const EoMessage
 /*
  * eo_http_request_build
  *		A request for one attempt to deliver "msg" to "dest", in a new
- *		memory context under "parent".  If it cannot be sent, the request
- *		has no easy handle and build_error says why.  Raises an error only
- *		for out-of-memory conditions of PostgreSQL's allocator.
+ *		memory context under "parent": its body and header list, ready for
+ *		eo_http_request_attach().  If it cannot be sent, build_error says
+ *		why.  Raises an error only for out-of-memory conditions of
+ *		PostgreSQL's allocator.
  */
 HttpRequest *
 eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
@@ -306,8 +309,6 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	HttpRequest *req = palloc0(sizeof(HttpRequest));
 	char	   *id = eo_uuid_to_cstring(&msg->id);
 	int64		now_secs = (int64) time(NULL);
-	char	   *body;
-	size_t		body_len;
 	bool		json = (msg->payload_text == NULL);
 	char	   *signature;
 	const char *error = NULL;
@@ -322,12 +323,12 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	req->retry_after_secs = -1;
 
 	if (json)
-		body = msg->payload ? JsonbToCString(NULL, &msg->payload->root, VARSIZE(msg->payload)) :
+		req->body = msg->payload ? JsonbToCString(NULL, &msg->payload->root, VARSIZE(msg->payload)) :
 			pstrdup("null");
 	else
-		body = pstrdup(msg->payload_text);
-	body_len = strlen(body);
-	signature = eo_webhook_signature(dest, id, now_secs, body, body_len);
+		req->body = pstrdup(msg->payload_text);
+	req->body_len = strlen(req->body);
+	signature = eo_webhook_signature(dest, id, now_secs, req->body, req->body_len);
 
 	if (!eo_http_host_allowed(HTTP_OPTIONS(dest)->host))
 	{
@@ -371,23 +372,28 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 		!add_header(req, psprintf("eo-topic: %s", msg->topic)) ||
 		(msg->key && !add_header(req, psprintf("eo-key: %s", msg->key))) ||
 		!add_header(req, "Expect:"))
-	{
 		req->build_error = "out of memory in libcurl";
-		MemoryContextSwitchTo(old);
-		return req;
-	}
+	MemoryContextSwitchTo(old);
+	return req;
+}
 
-	req->easy = curl_easy_init();
-	if (req->easy == NULL)
-	{
-		req->build_error = "could not create a libcurl handle";
-		MemoryContextSwitchTo(old);
-		return req;
-	}
+/*
+ * eo_http_request_attach
+ *		Set every option of a built request (no build_error) on "easy", a
+ *		handle as curl_easy_init() or curl_easy_reset() leaves it, and keep
+ *		it in req->easy.  The handle points into the request (body, header
+ *		list, error buffer, callbacks' data) until it is reset.  Never
+ *		raises an error.
+ */
+void
+eo_http_request_attach(HttpRequest *req, const DestinationConfig *dest, CURL *easy)
+{
+	Assert(req->build_error == NULL && req->easy == NULL);
+	req->easy = easy;
 	curl_easy_setopt(req->easy, CURLOPT_URL, HTTP_OPTIONS(dest)->url);
 	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, req->body);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
 	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
 	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, EO_USER_AGENT);
 	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, (long) HTTP_OPTIONS(dest)->timeout_ms);
@@ -414,9 +420,6 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	curl_easy_setopt(req->easy, CURLOPT_PREREQFUNCTION, check_connection);
 	curl_easy_setopt(req->easy, CURLOPT_PREREQDATA, req);
 #endif
-
-	MemoryContextSwitchTo(old);
-	return req;
 }
 
 /* After the transfer: status code and latency. */
@@ -449,7 +452,7 @@ eo_http_request_collect(HttpRequest *req, CURLcode result)
 const char *
 eo_http_request_error(const HttpRequest *req)
 {
-	if (req->easy == NULL)
+	if (req->build_error != NULL)
 		return req->build_error;
 	if (req->result != CURLE_OK && req->refused_why != NULL)
 		return refusal_error(req->refused_addr, req->refused_why);
@@ -460,12 +463,15 @@ eo_http_request_error(const HttpRequest *req)
 	return psprintf("HTTP status %ld", req->status);
 }
 
-/* Free the easy handle, the header list and the request's memory. */
+/*
+ * eo_http_request_free
+ *		Free the header list and the request's memory.  The caller has
+ *		taken back the easy handle (req->easy is NULL).
+ */
 void
 eo_http_request_free(HttpRequest *req)
 {
-	if (req->easy != NULL)
-		curl_easy_cleanup(req->easy);
+	Assert(req->easy == NULL);
 	if (req->headers != NULL)
 		curl_slist_free_all(req->headers);
 	MemoryContextDelete(req->cxt);

@@ -161,7 +161,7 @@ static void
 classify(SinkSend *send, HttpRequest *req)
 {
 	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(send));
-	bool		answered = (req->easy != NULL && req->result == CURLE_OK);
+	bool		answered = (req->build_error == NULL && req->result == CURLE_OK);
 	const char *error = eo_http_request_error(req);
 	SinkOutcome *out = &send->outcome;
 
@@ -191,27 +191,60 @@ classify(SinkSend *send, HttpRequest *req)
 }
 
 /*
+ * handle_take
+ *		An easy handle for a request, as curl_easy_init() leaves it, or
+ *		NULL if libcurl cannot make one.
+ */
+static CURL *
+handle_take(void)
+{
+	return curl_easy_init();
+}
+
+/*
+ * handle_give_back
+ *		Take back the easy handle of a request whose transfer is over or
+ *		abandoned (no longer in the multi handle).
+ */
+static void
+handle_give_back(CURL *easy)
+{
+	curl_easy_cleanup(easy);
+}
+
+/*
  * http_start
- *		Build the request of one send and hand it to libcurl.  A request
- *		that cannot be built finishes at once with its error.
+ *		Build the request of one send, lend it an easy handle and hand it
+ *		to libcurl.  A request that cannot be built or started finishes at
+ *		once with its error.
  */
 static void
 http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 {
 	HttpRequest *req;
+	CURL	   *easy;
 
 	http_init();
 	req = eo_http_request_build(http_cxt, dest, msg, send->attempt);
 	req->send = send;
 	send->private = req;
-	if (req->easy != NULL &&
-		curl_multi_add_handle(multi, req->easy) != CURLM_OK)
+	if (req->build_error == NULL)
 	{
-		req->build_error = "could not start the request in libcurl";
-		curl_easy_cleanup(req->easy);
-		req->easy = NULL;
+		easy = handle_take();
+		if (easy == NULL)
+			req->build_error = "could not create a libcurl handle";
+		else
+		{
+			eo_http_request_attach(req, dest, easy);
+			if (curl_multi_add_handle(multi, easy) != CURLM_OK)
+			{
+				req->build_error = "could not start the request in libcurl";
+				req->easy = NULL;
+				handle_give_back(easy);
+			}
+		}
 	}
-	if (req->easy == NULL)
+	if (req->build_error != NULL)
 		classify(send, req);
 	else
 		handles_added = true;
@@ -302,7 +335,11 @@ http_collect(dlist_head *done)
 	}
 }
 
-/* Free a send's request, finished or not. */
+/*
+ * http_release
+ *		Free a send's request, finished or not: a transfer still on the
+ *		wire is abandoned, and its easy handle taken back.
+ */
 static void
 http_release(SinkSend *send)
 {
@@ -310,8 +347,13 @@ http_release(SinkSend *send)
 
 	if (req == NULL)
 		return;
-	if (req->easy != NULL && multi != NULL)
-		curl_multi_remove_handle(multi, req->easy);
+	if (req->easy != NULL)
+	{
+		if (multi != NULL)
+			curl_multi_remove_handle(multi, req->easy);
+		handle_give_back(req->easy);
+		req->easy = NULL;
+	}
 	eo_http_request_free(req);
 	send->private = NULL;
 }
