@@ -23,9 +23,14 @@
  *	  Connections are reused between requests to the same host.
  *
  *	  Memory: a request lives in its own context under http_cxt (not tied
- *	  to any transaction) until the relay releases its send; libcurl's
- *	  allocations are freed with each request and at process exit.  The
- *	  strings of an outcome are allocated in the send's own context.
+ *	  to any transaction) until the relay releases its send; its header
+ *	  list goes with it.  Easy handles are the sink's, not the requests':
+ *	  each request borrows one while it is on its way and gives it back
+ *	  reset to a short list of idle handles that the next requests reuse
+ *	  (at most eo.http_max_concurrency; the surplus is freed), rather than
+ *	  have libcurl build and tear down a handle for every request.  The idle
+ *	  handles and the multi handle are freed at process exit.  The strings
+ *	  of an outcome are allocated in the send's own context.
  *
  *-------------------------------------------------------------------------
  */
@@ -60,6 +65,18 @@ static int	socket_capacity = 0;
 static bool timer_set = false;
 static bool handles_added = false;	/* libcurl has new requests to start */
 static TimestampTz timer_deadline = 0;
+
+/*
+ * Easy handles waiting for the next requests (libcurl's handles in a plain
+ * malloc'd array, outside PostgreSQL's memory contexts).  Each was reset
+ * with curl_easy_reset() when it was given back, so it keeps no option,
+ * header list or pointer of its last request; a reset keeps the handle's
+ * TLS session cache (a new connection to a host may resume a session).
+ * Connections and the DNS cache are the multi handle's, not the handles'.
+ */
+static CURL **idle_handles = NULL;
+static int	nidle = 0;
+static int	idle_capacity = 0;
 
 /* libcurl socket callback: remember what to wait for on a socket. */
 static int
@@ -123,6 +140,11 @@ timer_changed(CURLM *m, long timeout_ms, void *userp)
 static void
 http_cleanup(int code, Datum arg)
 {
+	while (nidle > 0)
+		curl_easy_cleanup(idle_handles[--nidle]);
+	free(idle_handles);
+	idle_handles = NULL;
+	idle_capacity = 0;
 	if (multi != NULL)
 		curl_multi_cleanup(multi);
 	multi = NULL;
@@ -192,24 +214,51 @@ classify(SinkSend *send, HttpRequest *req)
 
 /*
  * handle_take
- *		An easy handle for a request, as curl_easy_init() leaves it, or
- *		NULL if libcurl cannot make one.
+ *		An easy handle for a request, as curl_easy_init() leaves it: an
+ *		idle one if there is one, else a new one; NULL if libcurl cannot
+ *		make one.
  */
 static CURL *
 handle_take(void)
 {
+	if (nidle > 0)
+		return idle_handles[--nidle];
 	return curl_easy_init();
 }
 
 /*
  * handle_give_back
  *		Take back the easy handle of a request whose transfer is over or
- *		abandoned (no longer in the multi handle).
+ *		abandoned (no longer in the multi handle): reset, it waits for the
+ *		next request, unless eo.http_max_concurrency handles already wait
+ *		(more may have been in flight, for several destinations); then it
+ *		is freed.  Never raises an error.
  */
 static void
 handle_give_back(CURL *easy)
 {
-	curl_easy_cleanup(easy);
+	int			keep = eo_http_max_concurrency;
+
+	/* The setting may have been lowered since: free the surplus. */
+	while (nidle > keep)
+		curl_easy_cleanup(idle_handles[--nidle]);
+	if (nidle == idle_capacity && nidle < keep)
+	{
+		CURL	  **grown = realloc(idle_handles, sizeof(CURL *) * keep);
+
+		if (grown != NULL)
+		{
+			idle_handles = grown;
+			idle_capacity = keep;
+		}
+	}
+	if (nidle < Min(keep, idle_capacity))
+	{
+		curl_easy_reset(easy);
+		idle_handles[nidle++] = easy;
+	}
+	else
+		curl_easy_cleanup(easy);
 }
 
 /*
