@@ -19,6 +19,9 @@
 #       nor in eo.stats / eo.destinations.
 #   (j) A window whose messages are all held behind a failing key is
 #       recorded: later messages of other keys do not wait for the retry.
+#   (k) The relay reuses its libcurl handles: a request sent on a handle a
+#       request of another destination used before carries none of that
+#       request's headers.
 #
 # The relay sleeps for an hour unless woken: every retry must be scheduled.
 
@@ -476,6 +479,43 @@ ok(eo_wait_drained($node, 'postgres', 'held', $settle), "(j) then k's messages a
 my $held_applied = eo_check_exactly_once($node, 'postgres', $main, q{topic LIKE 'held.%'}, '(j)');
 is( join(',', map { $_->{seq} } grep { ($_->{key} // '') eq 'k' } @$held_applied),
 	'1,2,3,4', "(j) key k's messages were applied in order");
+
+######################################################################
+# (k) a reused libcurl handle carries nothing of its last request
+######################################################################
+
+# One request at a time to each destination, one destination after the
+# other: b's requests go out on the handles a's requests gave back.
+$main->reset;
+eo_create_http_destination(
+	$node, 'postgres', 'reuse_a',
+	{
+		url => $main->url('/reuse-a'),
+		concurrency => 1,
+		signing_secret => eo_webhook_secret(),
+		headers => { 'X-Only-A' => 'a', 'Content-Type' => 'application/x-only-a' },
+	},
+	'reuse.a');
+eo_create_http_destination($node, 'postgres', 'reuse_b',
+	{ url => $main->url('/reuse-b'), concurrency => 1 }, 'reuse.b');
+publish('reuse.a', 5);
+ok(eo_wait_drained($node, 'postgres', 'reuse_a', $settle), '(k) a: delivered');
+publish('reuse.b', 5);
+ok(eo_wait_drained($node, 'postgres', 'reuse_b', $settle), '(k) b: delivered after a');
+my %reuse;
+push @{ $reuse{ $_->{path} } }, $_->{headers} for @{ $main->requests(0) };
+my @a_like_a = grep {
+	($_->{'x-only-a'} // '') eq 'a'
+	  && $_->{'content-type'} eq 'application/x-only-a'
+	  && defined $_->{'webhook-signature'}
+} @{ $reuse{'/reuse-a'} // [] };
+my @b_like_b = grep {
+	!defined $_->{'x-only-a'}
+	  && $_->{'content-type'} eq 'application/json'
+	  && !defined $_->{'webhook-signature'}
+} @{ $reuse{'/reuse-b'} // [] };
+is(scalar @a_like_a, 5, "(k) a's requests have a's header, Content-Type and signature");
+is(scalar @b_like_b, 5, "(k) b's requests have none of them");
 
 $signed->stop;
 $slow->stop;
