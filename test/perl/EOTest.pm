@@ -40,7 +40,7 @@ use Test::More;
 
 our @EXPORT = qw(eo_pgbench eo_pgbench_start eo_pgbench_finish eo_server_pids
   eo_wait_pids_gone eo_poll_start eo_relay_pid eo_proc_status
-  eo_memory_contexts eo_copy_lines eo_new_node
+  eo_memory_contexts eo_copy_lines eo_new_node eo_new_relay_node
   eo_wait_relay eo_wait_drained
   eo_set_relay_enabled eo_id_set eo_clients_start eo_clients_run
   eo_clients_finish);
@@ -269,6 +269,22 @@ sub eo_new_node
 	$node->append_conf('postgresql.conf',
 		"shared_preload_libraries = 'eo_processing'\n" . ($p{conf} // ''));
 	$node->start;
+	return $node;
+}
+
+# eo_new_relay_node($name, $dest, $kind, $options, $pattern, %params):
+# eo_new_node() with the extension created in database postgres, one
+# destination $dest of that kind with the options (JSON text) subscribed to
+# $pattern, and its relay running and idle.
+sub eo_new_relay_node
+{
+	my ($name, $dest, $kind, $options, $pattern, %p) = @_;
+	my $node = eo_new_node($name, %p);
+	$node->safe_psql('postgres',
+		qq{CREATE EXTENSION eo_processing;
+		   SELECT eo.create_destination('$dest', '$kind', '$options');
+		   SELECT eo.subscribe('$pattern', '$dest');});
+	eo_wait_relay($node, 'postgres') or die "the relay of $name did not start";
 	return $node;
 }
 

@@ -28,14 +28,8 @@ use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use EOTest;
 
-my $node = eo_new_node('outbox_vacuum', conf => "autovacuum = off\neo.relay_naptime = 3600\n");
-$node->safe_psql(
-	'postgres', q{
-CREATE EXTENSION eo_processing;
-SELECT eo.create_destination('v', 'notify', '{"channel": "v_chan"}');
-SELECT eo.subscribe('v.*', 'v');
-});
-ok(eo_wait_relay($node, 'postgres'), 'the relay runs');
+my $node = eo_new_relay_node('outbox_vacuum', 'v', 'notify', '{"channel": "v_chan"}', 'v.*',
+	conf => "autovacuum = off\neo.relay_naptime = 3600\n");
 
 # The outbox's counters (the relay reports its statistics within a second
 # or so of a step; poll, do not sleep).

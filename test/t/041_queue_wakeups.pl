@@ -27,14 +27,8 @@ use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use EOTest;
 
-my $node = eo_new_node('queue_wakeups');
-$node->safe_psql(
-	'postgres', q{
-CREATE EXTENSION eo_processing;
-SELECT eo.create_destination('w', 'queue', '{"channel": "w_wake", "visibility_timeout": "1min"}');
-SELECT eo.subscribe('w.*', 'w');
-});
-ok(eo_wait_relay($node, 'postgres'), 'the relay runs');
+my $node = eo_new_relay_node('queue_wakeups', 'w', 'queue',
+	'{"channel": "w_wake", "visibility_timeout": "1min"}', 'w.*');
 
 my $dsn = sprintf('dbi:Pg:dbname=postgres;host=%s;port=%s', $node->host, $node->port);
 my $dbh = DBI->connect($dsn, '', '', { AutoCommit => 1, RaiseError => 1, PrintError => 0 });
