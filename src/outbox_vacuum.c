@@ -11,9 +11,13 @@
  *	  for a fifth of the table to be dead, so during a drain of a large
  *	  backlog, or under sustained publishing, each claim walked a longer
  *	  dead prefix than the one before.  The relay knows how many rows it
- *	  deleted: after every OUTBOX_VACUUM_EVERY of them it runs a plain
- *	  VACUUM of eo.outbox (the same one autovacuum would run), which
- *	  removes those entries.
+ *	  deleted: after every OUTBOX_VACUUM_EVERY of them, while it is
+ *	  working off a backlog (its last routing step took a full batch), it
+ *	  runs a plain VACUUM of eo.outbox (the same one autovacuum would run),
+ *	  which removes those entries.  Not at a steady trickle of messages:
+ *	  there few dead entries pile up between autovacuums, and a VACUUM,
+ *	  which reads the whole index (large for a while after a backlog),
+ *	  would hold routing up for as long as it takes.
  *
  *	  The VACUUM skips the table if a lock on it is not free at once (it
  *	  never waits behind a session), never truncates the table (that would

@@ -900,8 +900,13 @@ eo_relay_worker_main(Datum main_arg)
 			if (ok)
 				retry_needed = false;
 
-			/* 4. Housekeeping; and VACUUM eo.outbox after many routings. */
-			if (eo_outbox_vacuum_due())
+			/*
+			 * 4. Housekeeping; and VACUUM eo.outbox after many routings,
+			 * while a backlog is worked off (full batches).  Not at a
+			 * steady trickle: there the dead entries are few, and the
+			 * vacuum's scan of the whole index would only delay routing.
+			 */
+			if (route_again && eo_outbox_vacuum_due())
 			{
 				ErrorData  *edata;
 
