@@ -406,6 +406,7 @@ class Handler(BaseHTTPRequestHandler):
             body = (json.dumps(obj) + "\n").encode() if obj is not None else b""
             ctype = "application/json"
         no_body = status in (204, 304) or status < 200
+        self._leave_in_flight()
         self.send_response(status)
         if not no_body:
             self.send_header("Content-Type", ctype)
@@ -502,6 +503,7 @@ class Handler(BaseHTTPRequestHandler):
         if is_hook:
             with st.lock:
                 st.in_flight += 1
+        self._in_flight_counted = is_hook
         try:
             try:
                 body = self._read_body()
@@ -545,9 +547,18 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self._expect_too_large = False
-            if is_hook:
-                with st.lock:
-                    st.in_flight -= 1
+            self._leave_in_flight()
+
+    def _leave_in_flight(self):
+        """A counted webhook request is no longer in flight: called just
+        before its answer goes out (the sender may start its next request
+        the moment it reads it, before this thread is done) or when it ends
+        without one."""
+        if getattr(self, "_in_flight_counted", False):
+            self._in_flight_counted = False
+            st = self.server.state
+            with st.lock:
+                st.in_flight -= 1
 
     # -- webhooks -----------------------------------------------------------
 
