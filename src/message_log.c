@@ -49,7 +49,7 @@ static SPIPlanPtr plan_cursors = NULL;
 static SPIPlanPtr plan_head = NULL;
 
 /* A relation of the extension's schema, or InvalidOid if there is none. */
-static Oid
+Oid
 eo_relation_oid(const char *name)
 {
 	Oid			nsp = get_namespace_oid(EO_SCHEMA_NAME, true);

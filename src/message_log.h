@@ -33,6 +33,7 @@ typedef struct LogCursor
 	int64		sending_seq;	/* a window being sent ends here; 0: none */
 } LogCursor;
 
+extern Oid	eo_relation_oid(const char *name);
 extern bool eo_log_objects_ready(void);
 extern bool eo_log_lock(bool wait);
 extern int64 eo_log_head(void);

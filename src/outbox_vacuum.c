@@ -36,14 +36,11 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/namespace.h"
 #include "commands/vacuum.h"
 #include "nodes/makefuncs.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "eo_processing.h"
 #include "message_log.h"
 
 /* Rows routed (deleted from eo.outbox) between two vacuums of it. */
@@ -95,7 +92,7 @@ eo_outbox_vacuum(void)
 
 		PortalContext = portal;
 		StartTransactionCommand();
-		relid = get_relname_relid("outbox", get_namespace_oid(EO_SCHEMA_NAME, false));
+		relid = eo_relation_oid("outbox");
 		if (OidIsValid(relid))
 		{
 			VacuumParams params;

@@ -16,7 +16,7 @@
  *		   open new ones (relay_dispatch.c); their sends start after the
  *		   commit, outside any transaction;
  *		4. housekeeping now and then, and a VACUUM of eo.outbox after
- *		   every few tens of thousands of messages routed
+ *		   every 10,000 messages routed while a backlog is worked off
  *		   (outbox_vacuum.c);
  *		then wait on the latch (set when a publishing transaction commits)
  *		and on the sinks' sockets.
