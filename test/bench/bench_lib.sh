@@ -742,6 +742,12 @@ nginx_cpu_ticks() {
     echo "$t"
 }
 
+# machine_cpu_ticks: busy and total CPU ticks of the whole machine so far
+# (/proc/stat, all CPUs: idle and iowait count as not busy), "busy total".
+machine_cpu_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
 # log_mark: lines in the access log so far (a phase's first line is the next).
 log_mark() { wc -l <"$tmp/nginx/access.log"; }
 

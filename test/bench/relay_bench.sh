@@ -46,7 +46,12 @@
 #            (sum(accounts.events) - delivered_total, one snapshot), and
 #            that count / the publish rate = seconds of publishing (target
 #            <= 2 s); the drain rate from then until eo.stats shows all
-#            delivered.
+#            delivered.  And where the CPU went (load_cpu_budget): the
+#            machine's CPU per transaction with the relay off and the idle
+#            share of both runs (/proc/stat), the most the relay and the
+#            receiver together may spend per message if the application is
+#            to keep 0.95 of its TPS, and what the relay worker and nginx
+#            did spend per message with the relay on.
 #
 # Drains are timed from turning eo.relay_enabled on (ALTER SYSTEM +
 # pg_reload_conf(), the worker's start included) to the poll that sees
@@ -453,14 +458,42 @@ backlog_now() {
                (SELECT delivered_total FROM eo.stats WHERE destination = 'hook')")
 }
 
+# load_cpu_budget BUSY0 TOTAL0 BUSY1 TOTAL1 XACTS_OFF BUSY2 TOTAL2 BUSY3
+# TOTAL3 XACTS_ON RELAY_TICKS NGINX_TICKS: where the machine's CPU went in
+# the two load runs (machine_cpu_ticks before and after each), as µs per
+# transaction, and what that leaves the relay: with the relay off, the
+# application (server, pgbench) used busy_off CPU for x_off transactions
+# and left idle_off unused.  To keep 0.95 of its TPS with the relay on, it
+# needs 0.95 x busy_off, so the relay and the receiver together may spend
+# at most (all CPU - 0.95 x busy_off) / (0.95 x x_off) per message, even
+# if they used every idle cycle.  Beside it, what they spent per message
+# with the relay on (relay worker and nginx workers, /proc/PID/stat).
+load_cpu_budget() {
+    local b0=$1 t0=$2 b1=$3 t1=$4 xo=$5 b2=$6 t2=$7 b3=$8 t3=$9 xn=${10} rt=${11} nt=${12}
+    kv load_cpu_off "$(awk -v b=$(( b1 - b0 )) -v hz="$clk_tck" -v x="$xo" \
+        'BEGIN { printf "%.0f", (x > 0 ? b / hz * 1e6 / x : 0) }')"
+    kv load_idle_off "$(awk -v b=$(( b1 - b0 )) -v t=$(( t1 - t0 )) \
+        'BEGIN { printf "%.0f", (t > 0 ? 100 * (t - b) / t : 0) }')"
+    kv load_idle_on "$(awk -v b=$(( b3 - b2 )) -v t=$(( t3 - t2 )) \
+        'BEGIN { printf "%.0f", (t > 0 ? 100 * (t - b) / t : 0) }')"
+    kv load_budget "$(awk -v b=$(( b1 - b0 )) -v t=$(( t1 - t0 )) -v hz="$clk_tck" -v x="$xo" \
+        'BEGIN { printf "%.0f", (x > 0 ? (t - 0.95 * b) / hz * 1e6 / (0.95 * x) : 0) }')"
+    kv load_relay_us "$(awk -v r="$rt" -v hz="$clk_tck" -v x="$xn" \
+        'BEGIN { printf "%.0f", (x > 0 ? r / hz * 1e6 / x : 0) }')"
+    kv load_nginx_us "$(awk -v n="$nt" -v hz="$clk_tck" -v x="$xn" \
+        'BEGIN { printf "%.0f", (x > 0 ? n / hz * 1e6 / x : 0) }')"
+}
+
 group_load() {
-    local tps_off tps_on backlog mark drain_s
+    local tps_off tps_on backlog mark drain_s m0 m1 m2 m3 rpid r0 r1 n0 n1 x_off x_on
     echo "load: $load_clients clients for ${load_seconds} s, relay off ..." >&2
     kv load_load "$(loadavg)"
     new_db m_load_off
     next_run_log load_off "$load_clients"
+    m0=$(machine_cpu_ticks)
     measure_pgbench relay_load "$load_clients" "$load_seconds"
-    tps_off=$TPS
+    m1=$(machine_cpu_ticks)
+    tps_off=$TPS x_off=$XACTS
     echo "  relay off: $(fmt "$tps_off") tps" >&2
     drop_db
 
@@ -468,13 +501,17 @@ group_load() {
     new_db m_load_on
     create_hook
     set_relay on
-    relay_pid >/dev/null || die "no relay worker started"
+    rpid=$(relay_pid) || die "no relay worker started"
     mark=$(log_mark)
     next_run_log load_on "$load_clients"
-    on_pgbench_end() { backlog_now; }
+    # CPU of the relay worker and nginx while the clients run (read the
+    # moment pgbench returns, before the drain).
+    on_pgbench_end() { backlog_now; r1=$(proc_cpu_ticks "$rpid"); n1=$(nginx_cpu_ticks); }
+    r0=$(proc_cpu_ticks "$rpid") n0=$(nginx_cpu_ticks) m2=$(machine_cpu_ticks)
     measure_pgbench relay_load "$load_clients" "$load_seconds"
+    m3=$(machine_cpu_ticks)
     unset -f on_pgbench_end
-    tps_on=$TPS
+    tps_on=$TPS x_on=$XACTS
     backlog=$(( B_published - B_delivered ))
     drain hook "$B_published"
     drain_s=$(elapsed "$B_t" "$D_t_done")
@@ -495,6 +532,8 @@ group_load() {
         kv load_drain_rate "n/a"
     fi
     kv load_received "$N_distinct/$B_published ($N_lines requests, $N_non2xx non-2xx)"
+    # shellcheck disable=SC2086  # m0..m3 are "busy total" pairs
+    load_cpu_budget $m0 $m1 "$x_off" $m2 $m3 "$x_on" $(( r1 - r0 )) $(( n1 - n0 ))
     echo "  relay on: $(fmt "$tps_on") tps (${R[load_ratio]} of off); backlog $backlog messages = ${R[load_backlog_seconds]} s of publishing, drained in ${drain_s} s" >&2
     drop_db
 }
@@ -550,6 +589,9 @@ if has_group load; then
     out "| load: TPS on ÷ off | ${R[load_ratio]} | ≥ $target_ratio | $(verdict "${R[load_ratio]}" "$target_ratio") |"
     out "| load: backlog when it stops: messages (seconds of publishing) | ${R[load_backlog]} (${R[load_backlog_seconds]} s) | ≤ $target_backlog s | $backlog_ok |"
     out "| load: drain rate afterwards: msg/s | ${R[load_drain_rate]} | | |"
+    out "| load: machine CPU per transaction, relay off: µs (idle: off, on) | ${R[load_cpu_off]} (${R[load_idle_off]} %, ${R[load_idle_on]} %) | | |"
+    out "| load: the most the relay + receiver may spend per message for ≥ 0.95: µs | ${R[load_budget]} | | |"
+    out "| load: relay worker + nginx CPU per message, relay on: µs | ${R[load_relay_us]} + ${R[load_nginx_us]} | | |"
 fi
 out ""
 report_end
