@@ -54,6 +54,7 @@ static SPIPlanPtr plan_disable = NULL;
 static SPIPlanPtr plan_stats = NULL;
 static SPIPlanPtr plan_blocked = NULL;
 static SPIPlanPtr plan_next_due = NULL;
+static SPIPlanPtr plan_any_due = NULL;
 
 /*
  * The deliveries of eo.delivery that are due, of an enabled destination,
@@ -515,6 +516,33 @@ kinds_where(bool want_inline, bool want_logging)
 }
 
 /*
+ * any_due
+ *		Whether a parked delivery of the destination is due now, whatever
+ *		its key and its destination's state: a probe of the index
+ *		delivery_claim with a saved plan, so that the claim below (planned
+ *		for each execution) runs only when it can find something.  The
+ *		relay looks for due retries at every step that sees new messages;
+ *		eo.delivery is nearly always empty then.
+ */
+static bool
+any_due(int32 dest_id)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(dest_id)};
+	bool		isnull;
+
+	eo_relay_prepare(&plan_any_due,
+					 "SELECT EXISTS (SELECT 1 FROM eo.delivery"
+					 "  WHERE destination_id = $1 AND next_attempt_at <= now()"
+					 "    AND state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying']))",
+					 1, types);
+	if (SPI_execute_plan(plan_any_due, values, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "eo_processing relay: could not look for due deliveries");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
  * eo_delivery_claim_due
  *		Parked deliveries that are due now and first of their key: of one
  *		destination (dest_id, an asynchronous sink's: marked in flight and
@@ -534,6 +562,9 @@ eo_delivery_claim_due(int32 dest_id, bool inline_kinds, int limit,
 	SPITupleTable *rows;
 	uint64		n;
 
+	*out = NULL;
+	if (!inline_kinds && !any_due(dest_id))
+		return 0;
 	values[0] = Int32GetDatum(limit);
 	values[1] = inline_kinds ? kinds_where(true, false) : Int32GetDatum(dest_id);
 	if (mark_in_flight)
@@ -696,7 +727,7 @@ void
 eo_delivery_forget_plans(void)
 {
 	SPIPlanPtr *plans[] = {&plan_park, &plan_attempts, &plan_disable, &plan_stats,
-	&plan_blocked, &plan_next_due};
+	&plan_blocked, &plan_next_due, &plan_any_due};
 
 	eo_relay_free_plans(plans, lengthof(plans));
 }
