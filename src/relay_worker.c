@@ -91,9 +91,10 @@ static bool route_more = false; /* a destination is still catching up */
  * Under a steady trickle of commits, each waking the relay, the next route
  * step starts no sooner than this after the last one (when that one found
  * fewer messages than a batch): every step costs the same few statements
- * and a transaction however few messages it routes, so gathering the
- * commits of 2 ms into one step cut the relay's CPU per message under
- * relay_bench.sh's sustained load to about a third.  It adds at most this
+ * and a transaction however few messages it routes, so the commits of
+ * 2 ms share one.  Meanwhile the loop goes on serving the sinks (answers
+ * of webhooks, their next windows) and waits at most until the route step
+ * is due; the wake-up is remembered in route_wanted.  It adds at most this
  * much to the delivery of a message; a backlog (full batches), retries and
  * a relay that was idle for longer are not paced.
  */
@@ -713,6 +714,8 @@ eo_relay_worker_main(Datum main_arg)
 	bool		said_not_ready = false;
 	TimestampTz last_route_at = 0;
 	int			last_routed = 0;
+	bool		route_wanted = false;	/* woken since the last route step */
+	bool		paced = false;	/* it waits for RELAY_TRICKLE_PACE_US */
 
 	memcpy(&my_dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 
@@ -868,21 +871,14 @@ eo_relay_worker_main(Datum main_arg)
 			 * answer of a webhook: reading an emptied eo.outbox is not free
 			 * (its index still has the entries of the rows just deleted).
 			 */
-			if (woken && !route_again && !retry_needed &&
-				last_routed > 0 && last_routed < batch_limit)
-			{
-				/* A trickle: gather the commits of RELAY_TRICKLE_PACE_US. */
-				long		early_us = (long) (last_route_at + RELAY_TRICKLE_PACE_US - now);
-
-				if (early_us > 0)
-				{
-					pg_usleep(early_us);
-					now = GetCurrentTimestamp();
-				}
-			}
-			if (woken || route_again || retry_needed)
+			route_wanted |= woken;
+			paced = route_wanted && !route_again && !retry_needed &&
+				last_routed > 0 && last_routed < batch_limit &&
+				now < last_route_at + RELAY_TRICKLE_PACE_US;
+			if ((route_wanted || route_again || retry_needed) && !paced)
 			{
 				set_state(RELAY_ROUTING);
+				route_wanted = false;
 				last_route_at = now;
 				if (run_step(STEP_ROUTE, &routed, NULL))
 				{
@@ -1024,6 +1020,8 @@ eo_relay_worker_main(Datum main_arg)
 		}
 		if (stats_flush_ms > 0)
 			timeout_ms = Min(timeout_ms, stats_flush_ms);
+		if (paced && eo_relay_enabled && ready)
+			timeout_ms = Min(timeout_ms, (long) (RELAY_TRICKLE_PACE_US / 1000));
 		(void) eo_dispatch_wait(timeout_ms, &woken);
 	}
 }
