@@ -518,9 +518,9 @@ kinds_where(bool want_inline, bool want_logging)
 /*
  * any_due
  *		Whether a parked delivery of the destination is due now, whatever
- *		its key and its destination's state: a probe of the index
- *		delivery_claim with a saved plan, so that the claim below (planned
- *		for each execution) runs only when it can find something.  The
+ *		its key and its destination's state: one index probe with a saved
+ *		plan, so that the claim below (planned for each execution) runs
+ *		only when it can find something.  The
  *		relay looks for due retries at every step that sees new messages;
  *		eo.delivery is nearly always empty then.
  */

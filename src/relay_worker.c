@@ -1021,7 +1021,12 @@ eo_relay_worker_main(Datum main_arg)
 		if (stats_flush_ms > 0)
 			timeout_ms = Min(timeout_ms, stats_flush_ms);
 		if (paced && eo_relay_enabled && ready)
-			timeout_ms = Min(timeout_ms, (long) (RELAY_TRICKLE_PACE_US / 1000));
+		{
+			/* Until the paced route step is due (rounded up). */
+			int64		until_us = last_route_at + RELAY_TRICKLE_PACE_US - now;
+
+			timeout_ms = Min(timeout_ms, (long) Max((until_us + 999) / 1000, 0));
+		}
 		(void) eo_dispatch_wait(timeout_ms, &woken);
 	}
 }
