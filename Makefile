@@ -29,6 +29,8 @@ OBJS = \
 	src/http_options.o \
 	src/http_address.o \
 	src/http_request.o \
+	src/http_response.o \
+	src/http_wire.o \
 	src/sink_nats.o \
 	src/nats_options.o \
 	src/sink_kafka.o \

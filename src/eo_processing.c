@@ -49,6 +49,13 @@ char	   *eo_default_retry_delays = NULL;
 char	   *eo_http_allowed_hosts = NULL;
 bool		eo_http_allow_link_local = false;
 int			eo_http_max_concurrency = 64;
+int			eo_http_client = EO_HTTP_CLIENT_BUILTIN;
+
+static const struct config_enum_entry http_client_options[] = {
+	{"builtin", EO_HTTP_CLIENT_BUILTIN, false},
+	{"libcurl", EO_HTTP_CLIENT_LIBCURL, false},
+	{NULL, 0, false}
+};
 
 /* How long completed idempotency keys are kept. */
 int			eo_key_retention_secs = 24 * 60 * 60;
@@ -407,6 +414,17 @@ _PG_init(void)
 							1, 1000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("eo.http_client",
+							 "Which HTTP client sends the relay's plain http:// requests.",
+							 "builtin: the relay's own HTTP/1.1 client (keep-alive, no pipelining); "
+							 "libcurl: libcurl, as https:// requests always are, and every request "
+							 "while a proxy is set in the server's environment.",
+							 &eo_http_client,
+							 EO_HTTP_CLIENT_BUILTIN,
+							 http_client_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("eo.key_retention",
 							"How long completed idempotency keys are remembered.",

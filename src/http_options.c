@@ -40,6 +40,47 @@
 #define EO_SECRET_MAX_BYTES 64
 
 /*
+ * wire_target
+ *		For the relay's own client (http_wire.c): where a plain http:// URL
+ *		connects and what it requests, from libcurl's parse of it, so that
+ *		both clients send the same request line and Host header.  Left
+ *		unset (the request goes through libcurl) for an IPv6 address with a
+ *		zone.
+ */
+static void
+wire_target(CURLU *u, HttpOptions *opts)
+{
+	char	   *port = NULL;
+	char	   *path = NULL;
+	char	   *query = NULL;
+	char	   *zone = NULL;
+	char	   *host = opts->host;
+	int			hlen = strlen(host);
+	bool		ipv6 = (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']');
+
+	if (curl_url_get(u, CURLUPART_ZONEID, &zone, 0) == CURLUE_OK ||
+		curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+	{
+		curl_free(zone);
+		curl_free(port);
+		curl_free(path);
+		return;
+	}
+	if (curl_url_get(u, CURLUPART_QUERY, &query, 0) != CURLUE_OK)
+		query = NULL;
+	opts->port = atoi(port);
+	opts->wire_host = ipv6 ? pnstrdup(host + 1, hlen - 2) : pstrdup(host);
+	opts->wire_origin = psprintf("%s:%d", host, opts->port);
+	opts->wire_host_header = opts->port == 80 ? pstrdup(host) : psprintf("%s:%d", host, opts->port);
+	opts->wire_target = psprintf("%s%s%s", path[0] == '/' ? "" : "/", path,
+								 query ? psprintf("?%s", query) : "");
+	curl_free(port);
+	curl_free(path);
+	curl_free(query);
+}
+
+/*
  * parse_url
  *		Check an http destination's URL with libcurl's own parser (so what
  *		is accepted is what the relay will request) and note its host.
@@ -77,6 +118,8 @@ parse_url(const char *url, int len, DestinationConfig *cfg)
 	{
 		HTTP_OPTIONS(cfg)->url = copy;
 		HTTP_OPTIONS(cfg)->host = asc_tolower(host, strlen(host));
+		if (strcmp(scheme, "http") == 0)
+			wire_target(u, HTTP_OPTIONS(cfg));
 	}
 	curl_free(scheme);
 	curl_free(host);

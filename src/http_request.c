@@ -3,11 +3,12 @@
  * http_request.c
  *	  One webhook request: the body, the headers (the destination's, the
  *	  message's, then the relay's own: Idempotency-Key and the Standard
- *	  Webhooks webhook-id / webhook-timestamp / webhook-signature), and the
- *	  options of the libcurl easy handle the sink lends it, ready to be
- *	  added to the sink's multi handle.  After the transfer, the status,
- *	  Retry-After, latency and the first bytes of the response are read back
- *	  into the request.
+ *	  Webhooks webhook-id / webhook-timestamp / webhook-signature), and
+ *	  either the options of the libcurl easy handle the sink lends it, ready
+ *	  to be added to the sink's multi handle, or the bytes the relay's own
+ *	  client writes (http_wire.c), the same request line and headers.
+ *	  After the transfer, the status, Retry-After, latency and the first
+ *	  bytes of the response are read back into the request.
  *
  *	  Signature (Standard Webhooks): for every secret of the destination,
  *	  "v1," + base64(HMAC-SHA256(secret, "<id>.<timestamp>.<body>")),
@@ -21,8 +22,8 @@
  *	  and the address of a reused connection before a request is sent on it.
  *
  *	  Memory: a request and everything palloc'd for it live in its own
- *	  context; its header list (libcurl's allocation) is freed by
- *	  eo_http_request_free().  The easy handle is not the request's: the
+ *	  context; libcurl's copy of its header list (made when a handle is
+ *	  attached) is freed by eo_http_request_free().  The easy handle is not the request's: the
  *	  sink lends it (sink_http.c) and takes it back.  The libcurl callbacks
  *	  below run inside libcurl: they never palloc, never raise an error.
  *
@@ -64,6 +65,31 @@ collect_body(char *data, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+/*
+ * eo_http_retry_after_secs
+ *		A Retry-After value (delay-seconds or an HTTP date) as seconds from
+ *		now, capped at EO_HTTP_MAX_RETRY_AFTER_SECS; -1 if it is neither.
+ *		Never allocates, never raises an error (libcurl callbacks call it).
+ */
+int
+eo_http_retry_after_secs(const char *value)
+{
+	const char *p = value;
+	char	   *end;
+	long		secs;
+	time_t		when;
+
+	while (*p == ' ' || *p == '\t')
+		p++;
+	secs = strtol(p, &end, 10);
+	if (end != p && *end == '\0')
+		return (int) Max(0, Min(secs, EO_HTTP_MAX_RETRY_AFTER_SECS));
+	when = curl_getdate(p, NULL);
+	if (when == -1)
+		return -1;
+	return (int) Max(0, Min((long) (when - time(NULL)), EO_HTTP_MAX_RETRY_AFTER_SECS));
+}
+
 /* libcurl header callback: note Retry-After (seconds or an HTTP date). */
 static size_t
 collect_header(char *data, size_t size, size_t nmemb, void *arg)
@@ -88,28 +114,7 @@ collect_header(char *data, size_t size, size_t nmemb, void *arg)
 	value[len] = '\0';
 	while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' || value[len - 1] == ' '))
 		value[--len] = '\0';
-	{
-		char	   *p = value;
-		char	   *end;
-		long		secs;
-
-		while (*p == ' ' || *p == '\t')
-			p++;
-		secs = strtol(p, &end, 10);
-		if (end != p && *end == '\0')
-			req->retry_after_secs = (int) Max(0, Min(secs, EO_HTTP_MAX_RETRY_AFTER_SECS));
-		else
-		{
-			time_t		when = curl_getdate(p, NULL);
-
-			if (when != -1)
-			{
-				long		delta = (long) (when - time(NULL));
-
-				req->retry_after_secs = (int) Max(0, Min(delta, EO_HTTP_MAX_RETRY_AFTER_SECS));
-			}
-		}
-	}
+	req->retry_after_secs = eo_http_retry_after_secs(value);
 	return n;
 }
 
@@ -214,15 +219,11 @@ eo_webhook_signature(const DestinationConfig *dest, const char *msg_id,
 	return out.data;
 }
 
-/* Append a header line to the request's list; false if libcurl failed. */
+/* Append a header line ("Name: value" or "Name;") to the request. */
 static bool
 add_header(HttpRequest *req, const char *line)
 {
-	struct curl_slist *l = curl_slist_append(req->headers, line);
-
-	if (l == NULL)
-		return false;
-	req->headers = l;
+	req->header_lines = lappend(req->header_lines, (char *) line);
 	return true;
 }
 
@@ -286,7 +287,7 @@ message_headers(HttpRequest *req, const DestinationConfig *dest, const EoMessage
 			continue;
 		if (!add_header(req, eo_http_header_line(k.val.string.val, k.val.string.len,
 												 v.val.string.val, v.val.string.len)))
-			return "out of memory in libcurl";
+			return "out of memory";
 	}
 	return NULL;
 }
@@ -351,7 +352,7 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	foreach(lc, HTTP_OPTIONS(dest)->headers)
 	{
 		if (!add_header(req, lfirst(lc)))
-			error = "out of memory in libcurl";
+			error = "out of memory";
 	}
 	if (error == NULL)
 		error = message_headers(req, dest, msg);
@@ -370,9 +371,8 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 		!add_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_secs)) ||
 		(signature && !add_header(req, psprintf("webhook-signature: %s", signature))) ||
 		!add_header(req, psprintf("eo-topic: %s", msg->topic)) ||
-		(msg->key && !add_header(req, psprintf("eo-key: %s", msg->key))) ||
-		!add_header(req, "Expect:"))
-		req->build_error = "out of memory in libcurl";
+		(msg->key && !add_header(req, psprintf("eo-key: %s", msg->key))))
+		req->build_error = "out of memory";
 	MemoryContextSwitchTo(old);
 	return req;
 }
@@ -385,10 +385,28 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
  *		list, error buffer, callbacks' data) until it is reset.  Never
  *		raises an error.
  */
-void
+bool
 eo_http_request_attach(HttpRequest *req, const DestinationConfig *dest, CURL *easy)
 {
+	ListCell   *lc;
+
 	Assert(req->build_error == NULL && req->easy == NULL);
+	/* libcurl's header list; "Expect:" keeps it from sending Expect. */
+	foreach(lc, req->header_lines)
+	{
+		struct curl_slist *l = curl_slist_append(req->headers, lfirst(lc));
+
+		if (l == NULL)
+			return false;
+		req->headers = l;
+	}
+	{
+		struct curl_slist *l = curl_slist_append(req->headers, "Expect:");
+
+		if (l == NULL)
+			return false;
+		req->headers = l;
+	}
 	req->easy = easy;
 	curl_easy_setopt(req->easy, CURLOPT_URL, HTTP_OPTIONS(dest)->url);
 	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
@@ -420,19 +438,65 @@ eo_http_request_attach(HttpRequest *req, const DestinationConfig *dest, CURL *ea
 	curl_easy_setopt(req->easy, CURLOPT_PREREQFUNCTION, check_connection);
 	curl_easy_setopt(req->easy, CURLOPT_PREREQDATA, req);
 #endif
+	return true;
 }
 
-/* After the transfer: status code and latency. */
+/*
+ * eo_http_request_wire_bytes
+ *		The request as the relay's own client writes it (req->out): the
+ *		request line, Host, User-Agent (unless the destination sets one),
+ *		Content-Length, the header lines and the body, in one buffer in the
+ *		request's context.
+ */
+void
+eo_http_request_wire_bytes(HttpRequest *req, const DestinationConfig *dest)
+{
+	MemoryContext old = MemoryContextSwitchTo(req->cxt);
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "POST %s HTTP/1.1\r\nHost: %s\r\n",
+					 HTTP_OPTIONS(dest)->wire_target, HTTP_OPTIONS(dest)->wire_host_header);
+	if (!dest_sets(dest, "user-agent", 10))
+		appendStringInfoString(&buf, "User-Agent: " EO_USER_AGENT "\r\n");
+	appendStringInfo(&buf, "Accept: */*\r\nContent-Length: %zu\r\n", req->body_len);
+	foreach(lc, req->header_lines)
+	{
+		const char *line = lfirst(lc);
+		size_t		len = strlen(line);
+
+		/* "Name;" is an empty header, as libcurl writes it. */
+		if (len > 0 && line[len - 1] == ';' && strchr(line, ':') == NULL)
+			appendStringInfo(&buf, "%.*s:\r\n", (int) len - 1, line);
+		else
+			appendStringInfo(&buf, "%s\r\n", line);
+	}
+	appendStringInfoString(&buf, "\r\n");
+	appendBinaryStringInfo(&buf, req->body, req->body_len);
+	req->out = buf.data;
+	req->out_len = buf.len;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * After the transfer: status code and latency (from libcurl, for its
+ * requests; the relay's own client has set them), and the start of the
+ * answer made printable.
+ */
 void
 eo_http_request_collect(HttpRequest *req, CURLcode result)
 {
 	curl_off_t	total = 0;
 
 	req->result = result;
-	if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status) != CURLE_OK)
-		req->status = 0;
-	if (curl_easy_getinfo(req->easy, CURLINFO_TOTAL_TIME_T, &total) == CURLE_OK)
-		req->latency_us = (int64) total;
+	if (req->easy != NULL)
+	{
+		if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status) != CURLE_OK)
+			req->status = 0;
+		if (curl_easy_getinfo(req->easy, CURLINFO_TOTAL_TIME_T, &total) == CURLE_OK)
+			req->latency_us = (int64) total;
+	}
 	req->snippet[req->snippet_len] = '\0';
 	/* Keep printable ASCII only: the column is text in any encoding. */
 	for (int i = 0; i < req->snippet_len; i++)
@@ -454,6 +518,9 @@ eo_http_request_error(const HttpRequest *req)
 {
 	if (req->build_error != NULL)
 		return req->build_error;
+	if (req->transport_error != NULL)
+		return req->refused_why != NULL ?
+			refusal_error(req->refused_addr, req->refused_why) : req->transport_error;
 	if (req->result != CURLE_OK && req->refused_why != NULL)
 		return refusal_error(req->refused_addr, req->refused_why);
 	if (req->result != CURLE_OK)

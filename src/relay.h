@@ -104,6 +104,14 @@ extern char *eo_default_retry_delays;
 extern char *eo_http_allowed_hosts;
 extern bool eo_http_allow_link_local;
 extern int	eo_http_max_concurrency;
+
+/* eo.http_client: who sends plain http:// requests. */
+typedef enum EoHttpClient
+{
+	EO_HTTP_CLIENT_BUILTIN,		/* the relay's own (http_wire.c) */
+	EO_HTTP_CLIENT_LIBCURL
+} EoHttpClient;
+extern int	eo_http_client;
 extern int	eo_key_retention_secs;
 
 /* relay_launcher.c / relay_worker.c */

@@ -1,8 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * sink_http.c
- *	  The "http" sink: signed webhooks (Standard Webhooks), sent with
- *	  libcurl's multi interface while the relay's loop goes on.
+ *	  The "http" sink: signed webhooks (Standard Webhooks), sent while the
+ *	  relay's loop goes on: https:// (and everything while a proxy is set
+ *	  in the environment, or eo.http_client = libcurl) with libcurl's multi
+ *	  interface, plain http:// with the relay's own client (http_wire.c).
+ *	  Both report to the same collect and the same classification.
  *
  *	  This file is the transport only: it starts requests the relay hands
  *	  it, lets libcurl progress when the relay's wait says a socket is
@@ -18,7 +21,8 @@
  *	  http_options.c.
  *
  *	  libcurl's sockets are registered through its socket and timer
- *	  callbacks and added to the relay's WaitEventSet, so the relay reacts
+ *	  callbacks and, with the own client's, added to the relay's
+ *	  WaitEventSet, so the relay reacts
  *	  to SIGTERM, SIGHUP and commits while requests are on the wire.
  *	  Connections are reused between requests to the same host.
  *
@@ -62,6 +66,10 @@ static SinkSocket *sockets = NULL;
 static uint64 socket_generation = 0;	/* bumped when a socket comes or goes */
 static int	nsockets = 0;
 static int	socket_capacity = 0;
+
+/* libcurl's sockets and the own client's, as the relay's wait gets them. */
+static SinkSocket *all_sockets = NULL;
+static int	all_capacity = 0;
 static bool timer_set = false;
 static bool handles_added = false;	/* libcurl has new requests to start */
 static TimestampTz timer_deadline = 0;
@@ -183,7 +191,8 @@ static void
 classify(SinkSend *send, HttpRequest *req)
 {
 	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(send));
-	bool		answered = (req->build_error == NULL && req->result == CURLE_OK);
+	bool		answered = (req->build_error == NULL && req->result == CURLE_OK &&
+							req->transport_error == NULL);
 	const char *error = eo_http_request_error(req);
 	SinkOutcome *out = &send->outcome;
 
@@ -277,14 +286,32 @@ http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	req = eo_http_request_build(http_cxt, dest, msg, send->attempt);
 	req->send = send;
 	send->private = req;
+	if (req->build_error == NULL && eo_http_wire_serves(dest))
+	{
+		eo_http_wire_start(req, dest);
+		/* Failed at once (a literal address refused, say): finish now. */
+		if (req->wire_node.next != NULL)
+		{
+			dlist_delete(&req->wire_node);
+			req->wire_node.next = req->wire_node.prev = NULL;
+			eo_http_request_collect(req, CURLE_OK);
+			classify(send, req);
+		}
+		/* Otherwise it comes back through eo_http_wire_collect(). */
+		return;
+	}
 	if (req->build_error == NULL)
 	{
 		easy = handle_take();
 		if (easy == NULL)
 			req->build_error = "could not create a libcurl handle";
+		else if (!eo_http_request_attach(req, dest, easy))
+		{
+			req->build_error = "out of memory in libcurl";
+			handle_give_back(easy);
+		}
 		else
 		{
-			eo_http_request_attach(req, dest, easy);
 			if (curl_multi_add_handle(multi, easy) != CURLM_OK)
 			{
 				req->build_error = "could not start the request in libcurl";
@@ -307,8 +334,11 @@ http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 static int
 http_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 {
-	*out = sockets;
-	*generation = socket_generation;
+	const SinkSocket *wire;
+	uint64		wire_gen;
+	int			nwire = eo_http_wire_sockets(&wire, &wire_gen, timeout_ms);
+	int			total = nsockets + nwire;
+
 	if (timer_set)
 	{
 		TimestampTz now = GetCurrentTimestamp();
@@ -317,7 +347,27 @@ http_wait_sockets(const SinkSocket **out, uint64 *generation, long *timeout_ms)
 
 		*timeout_ms = Min(*timeout_ms, until);
 	}
-	return nsockets;
+	/* Both generations only grow: their sum changes when either does. */
+	*generation = socket_generation + wire_gen;
+	if (nwire == 0)
+	{
+		*out = sockets;
+		return nsockets;
+	}
+	if (total > all_capacity)
+	{
+		SinkSocket *grown = realloc(all_sockets, sizeof(SinkSocket) * Max(16, 2 * total));
+
+		if (grown == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		all_sockets = grown;
+		all_capacity = Max(16, 2 * total);
+	}
+	if (nsockets > 0)
+		memcpy(all_sockets, sockets, sizeof(SinkSocket) * nsockets);
+	memcpy(all_sockets + nsockets, wire, sizeof(SinkSocket) * nwire);
+	*out = all_sockets;
+	return total;
 }
 
 /* Let libcurl work on the sockets that are ready, and on its timer. */
@@ -326,13 +376,13 @@ http_handle_events(WaitEvent *events, int nevents)
 {
 	int			running;
 
-	if (multi == NULL)
-		return;
 	for (int i = 0; i < nevents; i++)
 	{
 		int			flags = 0;
 
 		if (events[i].user_data != (void *) &eo_http_sink)
+			continue;
+		if (eo_http_wire_handle_event(events[i].fd, events[i].events) || multi == NULL)
 			continue;
 		if (events[i].events & WL_SOCKET_READABLE)
 			flags |= CURL_CSELECT_IN;
@@ -340,6 +390,9 @@ http_handle_events(WaitEvent *events, int nevents)
 			flags |= CURL_CSELECT_OUT;
 		(void) curl_multi_socket_action(multi, events[i].fd, flags, &running);
 	}
+	eo_http_wire_timers();
+	if (multi == NULL)
+		return;
 	if (timer_set && GetCurrentTimestamp() >= timer_deadline)
 	{
 		timer_set = false;
@@ -354,7 +407,17 @@ http_collect(dlist_head *done)
 	CURLMsg    *m;
 	int			left;
 	int			running;
+	HttpRequest *wired;
 
+	while ((wired = eo_http_wire_collect()) != NULL)
+	{
+		if (wired->send == NULL)
+			continue;
+		eo_http_request_collect(wired, CURLE_OK);
+		classify(wired->send, wired);
+		dlist_delete(&wired->send->node);
+		dlist_push_tail(done, &wired->send->node);
+	}
 	if (multi == NULL)
 		return;
 	/*
@@ -396,6 +459,8 @@ http_release(SinkSend *send)
 
 	if (req == NULL)
 		return;
+	if (req->wire)
+		eo_http_wire_abandon(req);
 	if (req->easy != NULL)
 	{
 		if (multi != NULL)
