@@ -367,11 +367,18 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         finally:
-            if getattr(self, "_counted", False):
-                st = self.server.state
-                with st.lock:
-                    st.connections_open -= 1
-                self._counted = False
+            self._uncount()
+
+    def _uncount(self):
+        """The connection no longer counts as open.  Called before an answer
+        that ends it (Connection: close, a shutdown) is sent, too: once the
+        sender has that answer it may open a new connection at once, before
+        this thread has finished tearing the old one down."""
+        if getattr(self, "_counted", False):
+            st = self.server.state
+            with st.lock:
+                st.connections_open -= 1
+            self._counted = False
 
     def log_message(self, format, *args):
         if self.server.verbose:
@@ -414,6 +421,7 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         if close:
+            self._uncount()
             self.send_header("Connection", "close")   # sets close_connection
         self.end_headers()
         if body and not no_body and self.command != "HEAD":
@@ -684,6 +692,7 @@ class Handler(BaseHTTPRequestHandler):
             self._finish_hook(msg_id, outcome, None, body, fault,
                               order_violation=order_violation)
             self.close_connection = True
+            self._uncount()
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
