@@ -49,43 +49,29 @@ log_file = None
 conn_counter = 0
 
 
-def answer(kind):
-    """The bytes of the answer for one request, and whether to close after."""
-    if kind == "length":
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False
-    if kind == "chunked":
-        return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"3;name=value\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n"), False
-    if kind == "split":
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsplit", False
-    if kind == "interim":
-        return (b"HTTP/1.1 100 Continue\r\n\r\n"
+# kind: (the bytes of the answer, whether the connection ends after it)
+ANSWERS = {
+    "length": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    "chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3;name=value\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n", False),
+    "split": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsplit", False),
+    "interim": (b"HTTP/1.1 100 Continue\r\n\r\n"
                 b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-                b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"), False
-    if kind == "http10":
-        return b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold style", True
-    if kind == "close":
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", True
-    if kind == "idledrop":
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True
-    if kind == "extra":
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", False
-    if kind == "nothing":
-        return b"", True
-    if kind == "fold":
-        return (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n"
-                b"Content-Length: 2\r\n\r\nok"), False
-    if kind == "garbage":
-        return b"HELLO THERE\r\n\r\n", True
-    if kind == "twolengths":
-        return (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"), True
-    if kind == "bigheader":
-        return b"HTTP/1.1 200 OK\r\n" + (b"X-Big: " + b"x" * 7000 + b"\r\n") * 10 + \
-            b"Content-Length: 2\r\n\r\nok", True
-    if kind == "retry":
-        return (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                b"Content-Length: 4\r\n\r\nbusy"), False
-    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", False
+                b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", False),
+    "http10": (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold style", True),
+    "close": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", True),
+    "idledrop": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+    "extra": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", False),
+    "nothing": (b"", True),
+    "fold": (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok", False),
+    "garbage": (b"HELLO THERE\r\n\r\n", True),
+    "twolengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", True),
+    "bigheader": (b"HTTP/1.1 200 OK\r\n" + (b"X-Big: " + b"x" * 7000 + b"\r\n") * 10 +
+                  b"Content-Length: 2\r\n\r\nok", True),
+    "retry": (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+              b"Content-Length: 4\r\n\r\nbusy", False),
+}
+NOT_FOUND = (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", False)
 
 
 def read_request(sock, buf):
@@ -134,7 +120,7 @@ def serve(sock, number):
                 while sock.recv(65536):
                     pass
                 return
-            data, close = answer(kind)
+            data, close = ANSWERS.get(kind, NOT_FOUND)
             if kind == "split":
                 for i in range(len(data)):
                     sock.sendall(data[i:i + 1])
