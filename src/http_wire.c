@@ -425,6 +425,10 @@ conn_try_next_address(WireConn *c)
 		(void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS)
 		{
+			/* The address, checked again before each reuse (conn_take). */
+			if (getnameinfo(ai->ai_addr, ai->ai_addrlen, c->peer, sizeof(c->peer),
+							NULL, 0, NI_NUMERICHOST) != 0)
+				c->peer[0] = '\0';
 			c->fd = fd;
 			c->state = WIRE_CONNECTING;
 			wire_generation++;
