@@ -850,8 +850,9 @@ eo_http_wire_handle_event(pgsocket fd, uint32 events)
 
 /*
  * eo_http_wire_timers
- *		Finished resolutions and expired deadlines, looked at after each
- *		wait.
+ *		Finished resolutions, expired deadlines, and idle connections to
+ *		close (idle too long, or eo.http_client turned to libcurl), looked
+ *		at after each wait.
  */
 void
 eo_http_wire_timers(void)
@@ -868,6 +869,14 @@ eo_http_wire_timers(void)
 		WireConn   *c = conns[i];
 		HttpRequest *req = c->req;
 
+		/* Idle too long, or the client is no longer wanted: close. */
+		if (c->used && c->state == WIRE_IDLE &&
+			(now - c->idle_since > WIRE_IDLE_MAX_US ||
+			 eo_http_client != EO_HTTP_CLIENT_BUILTIN))
+		{
+			conn_close(c);
+			continue;
+		}
 		if (!c->used || req == NULL)
 			continue;
 		if (c->state == WIRE_RESOLVING && c->gai != NULL)
