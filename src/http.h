@@ -176,7 +176,7 @@ extern const char *eo_http_response_at_eof(HttpResponse *resp);
 
 /* http_wire.c */
 extern bool eo_http_wire_serves(const DestinationConfig *dest);
-extern void eo_http_wire_start(HttpRequest *req, const DestinationConfig *dest);
+extern bool eo_http_wire_start(HttpRequest *req, const DestinationConfig *dest);
 extern void eo_http_wire_abandon(HttpRequest *req);
 extern int	eo_http_wire_sockets(const SinkSocket **out, uint64 *generation,
 								 long *timeout_ms);

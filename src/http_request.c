@@ -220,11 +220,10 @@ eo_webhook_signature(const DestinationConfig *dest, const char *msg_id,
 }
 
 /* Append a header line ("Name: value" or "Name;") to the request. */
-static bool
+static void
 add_header(HttpRequest *req, const char *line)
 {
 	req->header_lines = lappend(req->header_lines, (char *) line);
-	return true;
 }
 
 /*
@@ -285,9 +284,8 @@ message_headers(HttpRequest *req, const DestinationConfig *dest, const EoMessage
 				"its value has a line break, or the relay sets it itself)";
 		if (overridden(dest, k.val.string.val, k.val.string.len))
 			continue;
-		if (!add_header(req, eo_http_header_line(k.val.string.val, k.val.string.len,
-												 v.val.string.val, v.val.string.len)))
-			return "out of memory";
+		add_header(req, eo_http_header_line(k.val.string.val, k.val.string.len,
+											v.val.string.val, v.val.string.len));
 	}
 	return NULL;
 }
@@ -312,7 +310,7 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	int64		now_secs = (int64) time(NULL);
 	bool		json = (msg->payload_text == NULL);
 	char	   *signature;
-	const char *error = NULL;
+	const char *error;
 	const char *refused;
 	ListCell   *lc;
 
@@ -350,31 +348,41 @@ eo_http_request_build(MemoryContext parent, const DestinationConfig *dest,
 	}
 
 	foreach(lc, HTTP_OPTIONS(dest)->headers)
-	{
-		if (!add_header(req, lfirst(lc)))
-			error = "out of memory";
-	}
-	if (error == NULL)
-		error = message_headers(req, dest, msg);
+		add_header(req, lfirst(lc));
+	error = message_headers(req, dest, msg);
 	if (error != NULL)
 	{
+		/* A message header HTTP cannot carry: no retry will change that. */
 		req->build_error = error;
-		req->permanent = (strncmp(error, "a message header", 16) == 0);
+		req->permanent = true;
 		MemoryContextSwitchTo(old);
 		return req;
 	}
-	if ((!dest_sets(dest, "content-type", 12) &&
-		 !add_header(req, json ? "Content-Type: application/json" :
-					 "Content-Type: text/plain; charset=utf-8")) ||
-		!add_header(req, psprintf("Idempotency-Key: %s", id)) ||
-		!add_header(req, psprintf("webhook-id: %s", id)) ||
-		!add_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_secs)) ||
-		(signature && !add_header(req, psprintf("webhook-signature: %s", signature))) ||
-		!add_header(req, psprintf("eo-topic: %s", msg->topic)) ||
-		(msg->key && !add_header(req, psprintf("eo-key: %s", msg->key))))
-		req->build_error = "out of memory";
+	if (!dest_sets(dest, "content-type", 12))
+		add_header(req, json ? "Content-Type: application/json" :
+				   "Content-Type: text/plain; charset=utf-8");
+	add_header(req, psprintf("Idempotency-Key: %s", id));
+	add_header(req, psprintf("webhook-id: %s", id));
+	add_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_secs));
+	if (signature)
+		add_header(req, psprintf("webhook-signature: %s", signature));
+	add_header(req, psprintf("eo-topic: %s", msg->topic));
+	if (msg->key)
+		add_header(req, psprintf("eo-key: %s", msg->key));
 	MemoryContextSwitchTo(old);
 	return req;
+}
+
+/* Add a line to libcurl's copy of the header list; false if it failed. */
+static bool
+slist_add(HttpRequest *req, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(req->headers, line);
+
+	if (l == NULL)
+		return false;
+	req->headers = l;
+	return true;
 }
 
 /*
@@ -394,19 +402,11 @@ eo_http_request_attach(HttpRequest *req, const DestinationConfig *dest, CURL *ea
 	/* libcurl's header list; "Expect:" keeps it from sending Expect. */
 	foreach(lc, req->header_lines)
 	{
-		struct curl_slist *l = curl_slist_append(req->headers, lfirst(lc));
-
-		if (l == NULL)
+		if (!slist_add(req, lfirst(lc)))
 			return false;
-		req->headers = l;
 	}
-	{
-		struct curl_slist *l = curl_slist_append(req->headers, "Expect:");
-
-		if (l == NULL)
-			return false;
-		req->headers = l;
-	}
+	if (!slist_add(req, "Expect:"))
+		return false;
 	req->easy = easy;
 	curl_easy_setopt(req->easy, CURLOPT_URL, HTTP_OPTIONS(dest)->url);
 	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);

@@ -696,11 +696,13 @@ request_launch(HttpRequest *req, WireConn *c)
 
 /*
  * eo_http_wire_start
- *		Send a built request (no build_error) through this client.  It
- *		finishes later, or at once on an immediate failure; either way it
- *		comes back from eo_http_wire_collect().
+ *		Send a built request (no build_error) through this client.  Returns
+ *		true if it failed at once (a refused literal address, say): its
+ *		error is set and it is not handed to eo_http_wire_collect().
+ *		Otherwise it comes back from eo_http_wire_collect() when it is
+ *		over.
  */
-void
+bool
 eo_http_wire_start(HttpRequest *req, const DestinationConfig *dest)
 {
 	const HttpOptions *opts = HTTP_OPTIONS(dest);
@@ -717,6 +719,11 @@ eo_http_wire_start(HttpRequest *req, const DestinationConfig *dest)
 	c = conn_take(req, opts->wire_host, opts->port, opts->wire_origin, false);
 	if (c != NULL)
 		request_launch(req, c);
+	if (req->wire_node.next == NULL)
+		return false;
+	dlist_delete(&req->wire_node);
+	req->wire_node.next = req->wire_node.prev = NULL;
+	return true;
 }
 
 /*

@@ -288,16 +288,12 @@ http_start(SinkSend *send, const DestinationConfig *dest, const EoMessage *msg)
 	send->private = req;
 	if (req->build_error == NULL && eo_http_wire_serves(dest))
 	{
-		eo_http_wire_start(req, dest);
-		/* Failed at once (a literal address refused, say): finish now. */
-		if (req->wire_node.next != NULL)
+		/* Unless it failed at once, it comes back through collect. */
+		if (eo_http_wire_start(req, dest))
 		{
-			dlist_delete(&req->wire_node);
-			req->wire_node.next = req->wire_node.prev = NULL;
 			eo_http_request_collect(req, CURLE_OK);
 			classify(send, req);
 		}
-		/* Otherwise it comes back through eo_http_wire_collect(). */
 		return;
 	}
 	if (req->build_error == NULL)
