@@ -1,8 +1,13 @@
 -- Queue destinations: options, eo.read / eo.ack / eo.nack, per-key order,
 -- attempts and dead messages, eo.redrive, eo.stats, privileges and bad
 -- input.  The relay is off: eo.relay_run() routes in this session.  Lease
--- numbers depend on nothing but this file (a fresh database).
+-- numbers depend on nothing but this file (a fresh database): a lease is
+-- its message's qseq (1, 2, ... in the order routed) times 65,536 plus the
+-- number of the hand-out (1, 2, ... for each message), as pg_temp.lease()
+-- computes them below.
 CREATE EXTENSION eo_processing;
+CREATE FUNCTION pg_temp.lease(qseq bigint, handout integer) RETURNS bigint
+    LANGUAGE sql IMMUTABLE AS $$ SELECT (qseq << 16) + handout $$;
 CREATE ROLE regress_eo_q_reader;
 CREATE ROLE regress_eo_q_member;
 CREATE ROLE regress_eo_q_other;
@@ -48,56 +53,57 @@ SELECT ready, leased FROM eo.stats WHERE destination = 'q';
 -- Ack in the caller's transaction: rolled back, the lease is still
 -- current; committed, the next message of the key becomes readable.
 BEGIN;
-SELECT eo.ack('q', '{1}');
+SELECT eo.ack('q', ARRAY[pg_temp.lease(1, 1)]);
 ROLLBACK;
-SELECT eo.ack('q', '{1, 1, 3, 4}') AS acked;
+SELECT eo.ack('q', ARRAY[pg_temp.lease(1, 1), pg_temp.lease(1, 1), pg_temp.lease(9, 1), pg_temp.lease(10, 1)]) AS acked;
 SELECT lease, key, payload, attempt FROM eo.read('q');
 
 -- A lease that is no longer current raises QL001 and changes nothing,
 -- even when the other leases of the call are current.
 \set VERBOSITY sqlstate
-SELECT eo.ack('q', '{1}');
-SELECT eo.ack('q', '{2, 1}');
-SELECT eo.nack('q', '{3}');
+SELECT eo.ack('q', ARRAY[pg_temp.lease(1, 1)]);
+SELECT eo.ack('q', ARRAY[pg_temp.lease(2, 1), pg_temp.lease(1, 1)]);
+SELECT eo.nack('q', ARRAY[pg_temp.lease(9, 1)]);
 \set VERBOSITY default
-SELECT eo.ack('q', '{1}');
+SELECT eo.ack('q', ARRAY[pg_temp.lease(1, 1)]);
 SELECT ready, leased, acked_total FROM eo.stats WHERE destination = 'q';
 
--- Read and nack rolled back: lease 2 is still the current one.
+-- Read and nack rolled back: the lease is still the current one.
 BEGIN;
-SELECT eo.nack('q', '{2}') AS given_back;
+SELECT eo.nack('q', ARRAY[pg_temp.lease(2, 1)]) AS given_back;
 SELECT lease, key, payload, attempt FROM eo.read('q');
 ROLLBACK;
 SELECT ready, leased FROM eo.stats WHERE destination = 'q';
 
 -- Nack for later: k0's next message waits behind its first, retrying.
-SELECT eo.nack('q', '{2}', '1 hour') AS back_later;
+SELECT eo.nack('q', ARRAY[pg_temp.lease(2, 1)], '1 hour') AS back_later;
 SELECT count(*) AS readable FROM eo.read('q');
 SELECT ready, leased, retrying FROM eo.stats WHERE destination = 'q';
 -- Nack with the default schedule (0): readable again at once.
-SELECT eo.nack('q', '{5}') AS back_now;
+SELECT eo.nack('q', ARRAY[pg_temp.lease(3, 1)]) AS back_now;
 
 -- An expired lease whose message nobody took since may still be acked;
 -- once the message was read again it is stale.  (A lease of one
 -- microsecond has expired by the next statement.)
 SELECT lease, key, payload, attempt FROM eo.read('q', 10, '1 microsecond');
-SELECT eo.ack('q', '{7}') AS expired_but_untouched;
+SELECT eo.ack('q', ARRAY[pg_temp.lease(3, 2)]) AS expired_but_untouched;
 SELECT lease, key, payload, attempt FROM eo.read('q', 10, '1 microsecond');
 SELECT lease, key, payload, attempt FROM eo.read('q');
 \set VERBOSITY sqlstate
-SELECT eo.ack('q', '{8}');
+SELECT eo.ack('q', ARRAY[pg_temp.lease(5, 1)]);
 \set VERBOSITY default
 
 -- max_attempts 2: given back after its second attempt, a message is dead;
--- it no longer holds its key, and eo.redrive() makes it ready again.
-SELECT eo.nack('q', '{9}') AS nacked;
+-- it no longer holds its key, and eo.redrive() makes it ready again (its
+-- attempts start again at 1; its hand-outs, and so its leases, go on).
+SELECT eo.nack('q', ARRAY[pg_temp.lease(5, 2)]) AS nacked;
 SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'q';
 SELECT lease, key, payload, attempt FROM eo.read('q');
-SELECT eo.ack('q', '{10}') AS acked;
+SELECT eo.ack('q', ARRAY[pg_temp.lease(7, 1)]) AS acked;
 SELECT eo.redrive('q') AS redriven;
 SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'q';
 SELECT lease, key, payload, attempt FROM eo.read('q');
-SELECT eo.ack('q', '{11}') AS acked;
+SELECT eo.ack('q', ARRAY[pg_temp.lease(5, 3)]) AS acked;
 
 -- Privileges: a consumer (or a member of one) reads; another role gets
 -- 42501 and sees nothing; the tables stay out of reach.
@@ -110,7 +116,7 @@ SELECT eo.ack('q', '{12}');
 SELECT eo.nack('q', '{12}');
 SELECT * FROM eo.queue_message;
 SELECT * FROM eo.queue_ack;
-SELECT nextval('eo.queue_lease_seq');
+SELECT nextval('eo.queue_message_qseq_seq');
 RESET ROLE;
 SET ROLE regress_eo_q_member;
 SELECT lease AS member_lease, payload FROM eo.read('q', 1) \gset

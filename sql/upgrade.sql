@@ -159,6 +159,42 @@ SELECT slot, count(*) FROM eo.message_log GROUP BY slot ORDER BY slot;
 -- librdkafka properties.
 ALTER EXTENSION eo_processing UPDATE TO '0.7.0';
 SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+-- 0.8.0: a queue's hand-out writes no index entry (#14); leases are made
+-- of qseq and the hand-out's number.  A queue of 0.7.0 with a ready, a
+-- leased (lease 7, from the old sequence), a retrying and a dead message;
+-- this library's consumer functions wait for the update.
+SELECT eo.create_destination('qu', 'queue', '{"visibility_timeout": "1h", "max_attempts": 5}');
+INSERT INTO eo.queue_message (destination_id, attempt, lease, visible_at, enqueued_at, dead_at,
+                              published_at, id, topic, key)
+SELECT d.id, v.attempt, v.lease, now() + v.wait, now(), CASE WHEN v.dead THEN now() END,
+       now(), v.id::uuid, 'upgraded', v.key
+  FROM eo.destination d,
+       (VALUES (0, NULL::bigint, interval '0', false, '00000000-0000-7000-8000-0000000000a1', 'a'),
+               (2, 7, interval '1 hour', false, '00000000-0000-7000-8000-0000000000a2', 'b'),
+               (1, NULL, interval '1 hour', false, '00000000-0000-7000-8000-0000000000a3', 'c'),
+               (5, NULL, interval '0', true, '00000000-0000-7000-8000-0000000000a4', NULL))
+       AS v (attempt, lease, wait, dead, id, key)
+ WHERE d.name = 'qu';
+\set VERBOSITY terse
+SELECT * FROM eo.read('qu');
+\set VERBOSITY default
+ALTER EXTENSION eo_processing UPDATE TO '0.8.0';
+SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
+SELECT key, attempt, handouts, lease IS NOT NULL AS leased,
+       lease = (qseq << 16) + handouts AS lease_of_last_handout, dead_at IS NOT NULL AS dead
+  FROM eo.queue_message ORDER BY qseq;
+SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'qu';
+-- The lease handed out before the update is no longer current; the ready
+-- message is handed out with a lease of the new form, and acked.
+\set VERBOSITY sqlstate
+SELECT eo.ack('qu', '{7}');
+\set VERBOSITY default
+SELECT r.lease AS qu_lease, r.key, r.attempt,
+       r.lease = ((SELECT qseq FROM eo.queue_message WHERE key = 'a') << 16) + 1 AS first_handout
+  FROM eo.read('qu') AS r \gset
+SELECT :'key' AS key, :'attempt' AS attempt, :'first_handout' AS first_handout;
+SELECT eo.ack('qu', ARRAY[:qu_lease]) AS acked;
+SELECT eo.drop_destination('qu', force => true);
 \dx+ eo_processing
 
 DROP EXTENSION eo_processing;

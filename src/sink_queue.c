@@ -20,8 +20,13 @@
  *		retrying	dead_at IS NULL AND lease IS NULL AND visible_at > now
  *		dead		dead_at IS NOT NULL
  *	  eo.read() leases ready messages with FOR UPDATE SKIP LOCKED, so that
- *	  readers never wait for each other; each hand-out gets a new lease from
- *	  eo.queue_lease_seq and counts an attempt.  A keyed message is handed
+ *	  readers never wait for each other; each hand-out counts an attempt
+ *	  and gets a lease of its own: the message's qseq times 65,536 plus the
+ *	  hand-out's number (column handouts, 1 to 65,535, never reset), so
+ *	  that eo.ack() and eo.nack() find the row by qseq through the index
+ *	  of alive messages and then compare the whole lease.  A hand-out
+ *	  changes no indexed column: on a page with room (the table's
+ *	  fillfactor is 50) it is a HOT update, with no index entry written.  A keyed message is handed
  *	  out only while no earlier message of its key is left in the queue
  *	  alive (ready, leased or retrying): per-key order.  A message read
  *	  again after max_attempts hand-outs, or given back by eo.nack() after
@@ -70,12 +75,21 @@
 #include "utils/timestamp.h"
 
 #include "destination.h"
+#include "message_log.h"
 #include "relay.h"
 #include "sink.h"
 
 PG_FUNCTION_INFO_V1(eo_read);
 PG_FUNCTION_INFO_V1(eo_ack);
 PG_FUNCTION_INFO_V1(eo_nack);
+
+/*
+ * Leases: qseq << QUEUE_HANDOUT_BITS | the hand-out's number.  A message
+ * handed out QUEUE_MAX_HANDOUTS times in all dies at the next read (the
+ * schema caps qseq at 2^47 - 1, so that a lease stays positive).
+ */
+#define QUEUE_HANDOUT_BITS	16
+#define QUEUE_MAX_HANDOUTS	((1 << QUEUE_HANDOUT_BITS) - 1)
 
 /* Limits of the consumer functions' arguments. */
 #define QUEUE_MAX_READ		10000
@@ -316,8 +330,17 @@ queue_housekeeping(void)
  * readable messages.  Timers run at most every QUEUE_TIMER_MIN_US, so
  * that many leases running out one after the other cost a few statements
  * a second, not one each.
+ *
+ * No index orders the leased messages by the end of their lease (a
+ * hand-out would then write an index entry): the statement reads every
+ * alive message of the queues with a channel.  So that a long queue does
+ * not keep the relay busy with it, the pause before the next run is also
+ * at least QUEUE_TIMER_COST_FACTOR times what this one took (a queue of a
+ * million messages: a wake-up up to a few seconds late, a share of one
+ * CPU under 10 %).
  */
 #define QUEUE_TIMER_MIN_US	(200 * 1000)
+#define QUEUE_TIMER_COST_FACTOR	10
 
 typedef struct QueueTimer
 {
@@ -358,6 +381,7 @@ queue_timers(List *dests, TimestampTz now, bool signalled)
 	QueueTimer *next_state;
 	TimestampTz next = DT_NOEND;
 	bool		first_run = (queue_timers_state == NULL);
+	int64		took_us = 0;
 
 	ids = palloc(sizeof(Datum) * Max(list_length(dests), 1));
 	foreach(lc, dests)
@@ -389,6 +413,7 @@ queue_timers(List *dests, TimestampTz now, bool signalled)
 		args[1] = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
 		if (SPI_execute_plan(timers_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "eo_processing: reading the queues' timers failed");
+		took_us = GetCurrentTimestamp() - now;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
@@ -421,7 +446,7 @@ queue_timers(List *dests, TimestampTz now, bool signalled)
 	pfree(ids);
 	if (next == DT_NOEND)
 		return DT_NOEND;
-	return Max(next, now + QUEUE_TIMER_MIN_US);
+	return Max(next, now + Max(QUEUE_TIMER_MIN_US, QUEUE_TIMER_COST_FACTOR * took_us));
 }
 
 const SinkRoutine eo_queue_sink = {
@@ -440,6 +465,8 @@ const SinkRoutine eo_queue_sink = {
  * The consumer functions
  * ---------------------------------------------------------------------
  */
+
+static bool queue_objects_current(void);
 
 /* A queue as a consumer function sees it. */
 typedef struct QueueCall
@@ -478,6 +505,12 @@ queue_open(FunctionCallInfo fcinfo, QueueCall *q)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("destination must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (!queue_objects_current())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the objects of extension eo_processing are older than its library"),
+				 errdetail("eo.read(), eo.ack() and eo.nack() need the queue table of eo_processing 0.8.0."),
+				 errhint("Run ALTER EXTENSION eo_processing UPDATE.")));
 
 	GetUserIdAndSecContext(&q->saved_user, &q->saved_sec_context);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -538,6 +571,19 @@ queue_open(FunctionCallInfo fcinfo, QueueCall *q)
 				 errdetail("Only the roles named in the destination's \"consumers\" option, the owner of extension eo_processing and superusers may read, acknowledge or give back its messages."),
 				 errhint("The owner adds a role with eo.alter_destination('%s', '{\"consumers\": [...]}', replace => false).",
 						 name)));
+}
+
+/*
+ * Has eo.queue_message the columns of 0.8.0 (handouts)?  Between a new
+ * library and ALTER EXTENSION UPDATE it has not; the relay still enqueues
+ * into the older table (its INSERT names no new column).
+ */
+static bool
+queue_objects_current(void)
+{
+	Oid			relid = eo_relation_oid("queue_message");
+
+	return OidIsValid(relid) && get_attnum(relid, "handouts") != InvalidAttrNumber;
 }
 
 /* Back to the caller's identity, and disconnect SPI. */
@@ -631,6 +677,25 @@ leases_arg(FunctionCallInfo fcinfo, int argno, int *ndistinct)
 }
 
 /*
+ * lease_qseqs
+ *		The qseq of each lease (see QUEUE_HANDOUT_BITS), as a bigint array
+ *		palloc'd in the current context: eo.ack() and eo.nack() look the
+ *		rows up by it and then compare the whole lease.  A lease that was
+ *		never handed out yields a qseq whose row (if any) has another lease.
+ */
+static ArrayType *
+lease_qseqs(ArrayType *leases)
+{
+	Datum	   *elems;
+	int			n;
+
+	deconstruct_array(leases, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(DatumGetInt64(elems[i]) >> QUEUE_HANDOUT_BITS);
+	return construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+}
+
+/*
  * stale_lease_error
  *		Raise QL001 for the first lease of "arr" not among the leases in
  *		column 1 of the last SPI result (the rows the call changed).  The caller's transaction
@@ -709,21 +774,28 @@ eo_read(PG_FUNCTION_ARGS)
 
 	if (plan == NULL)
 	{
-		Oid			types[5] = {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID};
+		Oid			types[6] = {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID};
 
 		/*
 		 * The candidates: alive and visible, first of their key among the
-		 * alive messages, oldest first; rows locked by another reader are
-		 * skipped.  Each is leased, or marked dead after its last attempt.
+		 * alive messages, in queue order; rows locked by another reader
+		 * are skipped.  Each is leased, or marked dead after its last
+		 * attempt ($5) or hand-out ($6).  The alive messages are read in
+		 * qseq order, the leased and retrying ones among them passed over
+		 * by the filter on visible_at.
 		 */
 		(void) eo_relay_prepare(&plan,
 								"WITH taken AS ("
 								" UPDATE eo.queue_message q"
-								"    SET lease = CASE WHEN q.attempt >= $5 THEN NULL"
-								"                     ELSE nextval('eo.queue_lease_seq') END,"
-								"        attempt = CASE WHEN q.attempt >= $5 THEN q.attempt ELSE q.attempt + 1 END,"
-								"        visible_at = CASE WHEN q.attempt >= $5 THEN q.visible_at ELSE $4 END,"
-								"        dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
+								"    SET lease = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN NULL"
+								"                     ELSE (q.qseq << " CppAsString2(QUEUE_HANDOUT_BITS) ") + q.handouts + 1 END,"
+								"        handouts = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN q.handouts"
+								"                        ELSE q.handouts + 1 END,"
+								"        attempt = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN q.attempt"
+								"                       ELSE q.attempt + 1 END,"
+								"        visible_at = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN q.visible_at"
+								"                          ELSE $4 END,"
+								"        dead_at = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN $3 END"
 								"  WHERE q.ctid = ANY (ARRAY("
 								"        SELECT c.ctid FROM eo.queue_message c"
 								"         WHERE c.destination_id = $1 AND c.dead_at IS NULL"
@@ -732,7 +804,7 @@ eo_read(PG_FUNCTION_ARGS)
 								"                SELECT 1 FROM eo.queue_message e"
 								"                 WHERE e.destination_id = $1 AND e.key = c.key"
 								"                   AND e.qseq < c.qseq AND e.dead_at IS NULL))"
-								"         ORDER BY c.visible_at, c.qseq"
+								"         ORDER BY c.qseq"
 								"         LIMIT $2"
 								"         FOR UPDATE SKIP LOCKED))"
 								" RETURNING q.qseq, q.id, q.lease, q.topic, q.key, q.headers, q.payload,"
@@ -741,7 +813,7 @@ eo_read(PG_FUNCTION_ARGS)
 								"        published_at, attempt, dead"
 								"   FROM taken AS t (qseq, id, lease, topic, key, headers, payload,"
 								"                    payload_text, published_at, attempt, dead)"
-								"  ORDER BY qseq", 5, types);
+								"  ORDER BY qseq", 6, types);
 	}
 
 	/*
@@ -752,7 +824,7 @@ eo_read(PG_FUNCTION_ARGS)
 	wanted = max_messages;
 	for (int round = 0; round < 10 && wanted > 0; round++)
 	{
-		Datum		args[5];
+		Datum		args[6];
 		int			died = 0;
 		uint64		got;
 
@@ -761,6 +833,7 @@ eo_read(PG_FUNCTION_ARGS)
 		args[2] = TimestampTzGetDatum(now);
 		args[3] = TimestampTzGetDatum(now + visibility_us);
 		args[4] = Int32GetDatum(q.cfg.max_attempts);
+		args[5] = Int32GetDatum(QUEUE_MAX_HANDOUTS);
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "eo_processing: eo.read() failed");
 		got = SPI_processed;
@@ -817,19 +890,21 @@ eo_ack(PG_FUNCTION_ARGS)
 	}
 	if (plan == NULL)
 	{
-		Oid			types[2] = {INT4OID, INT8ARRAYOID};
+		Oid			types[3] = {INT4OID, INT8ARRAYOID, INT8ARRAYOID};
 
 		(void) eo_relay_prepare(&plan,
 								"DELETE FROM eo.queue_message"
-								" WHERE lease = ANY ($2) AND destination_id = $1"
-								" RETURNING lease, key IS NOT NULL", 2, types);
+								" WHERE destination_id = $1 AND dead_at IS NULL AND qseq = ANY ($3)"
+								"   AND lease = ANY ($2)"
+								" RETURNING lease, key IS NOT NULL", 3, types);
 		types[1] = INT8OID;
 		(void) eo_relay_prepare(&count_plan,
 								"INSERT INTO eo.queue_ack (destination_id, acked) VALUES ($1, $2)",
 								2, types);
 	}
 	{
-		Datum		args[2] = {Int32GetDatum(q.cfg.id), PointerGetDatum(leases)};
+		Datum		args[3] = {Int32GetDatum(q.cfg.id), PointerGetDatum(leases),
+		PointerGetDatum(lease_qseqs(leases))};
 
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
 			elog(ERROR, "eo_processing: eo.ack() failed");
@@ -905,7 +980,8 @@ eo_nack(PG_FUNCTION_ARGS)
 	}
 	if (plan == NULL)
 	{
-		Oid			types[5] = {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID, INT4OID};
+		Oid			types[6] = {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID, INT4OID,
+		INT8ARRAYOID};
 
 		(void) eo_relay_prepare(&plan,
 								"UPDATE eo.queue_message q"
@@ -913,17 +989,19 @@ eo_nack(PG_FUNCTION_ARGS)
 								"       visible_at = $3 + make_interval(secs =>"
 								"           $4[least(greatest(q.attempt, 1), cardinality($4))] / 1000000.0),"
 								"       dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
-								" WHERE q.lease = ANY ($2) AND q.destination_id = $1"
+								" WHERE q.destination_id = $1 AND q.dead_at IS NULL AND q.qseq = ANY ($6)"
+								"   AND q.lease = ANY ($2)"
 								" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3,"
 								"           CASE WHEN q.dead_at IS NULL AND q.visible_at > $3"
 								"                THEN q.visible_at END",
-								5, types);
+								6, types);
 	}
 	{
-		Datum		args[5];
+		Datum		args[6];
 
 		args[0] = Int32GetDatum(q.cfg.id);
 		args[1] = PointerGetDatum(leases);
+		args[5] = PointerGetDatum(lease_qseqs(leases));
 		args[2] = TimestampTzGetDatum(now);
 		args[3] = PointerGetDatum(construct_array(delays, ndelays, INT8OID, 8,
 												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));

@@ -808,12 +808,19 @@ COMMENT ON FUNCTION eo.redrive(text) IS
 -- finish them with eo.ack() (which deletes the row) or give them back with
 -- eo.nack().  A row is ready (dead_at IS NULL, visible_at <= now), leased
 -- (lease set, visible_at in the future), retrying (no lease, visible_at in
--- the future) or dead (dead_at set).  attempt counts the hand-outs.  Every
--- hand-out changes indexed columns (lease, visible_at), so each index costs
--- a write per read: qseq (the order of the queue) has none of its own, and
--- eo.read() updates rows by ctid.
+-- the future) or dead (dead_at set).  attempt counts the hand-outs since
+-- the message was enqueued or redriven, handouts all of them.
+--
+-- A hand-out changes no indexed column (lease, handouts, attempt and
+-- visible_at are not indexed), and every page keeps half of its space
+-- free (fillfactor 50), so that eo.read() updates a row on its own page
+-- without a new index entry (a HOT update); only a message that dies
+-- leaves the indexes.  The lease is the message's qseq times 65,536 plus
+-- the number of its hand-out (1 to 65,535): eo.ack() and eo.nack() find
+-- the row by qseq and compare the whole lease.  So a later hand-out of a
+-- message always has a lease of its own, and no lease index is needed.
 CREATE TABLE eo.queue_message (
-    qseq           bigint GENERATED ALWAYS AS IDENTITY,
+    qseq           bigint GENERATED ALWAYS AS IDENTITY (MAXVALUE 140737488355327),
     destination_id integer NOT NULL REFERENCES eo.destination (id) ON DELETE CASCADE,
     attempt        integer NOT NULL DEFAULT 0,
     lease          bigint,
@@ -826,17 +833,16 @@ CREATE TABLE eo.queue_message (
     key            text COLLATE "C",
     headers        jsonb,
     payload        jsonb,
-    payload_text   text
-);
--- eo.read(): the alive messages of a queue, oldest visible first.
-CREATE INDEX queue_message_ready ON eo.queue_message (destination_id, visible_at, qseq)
+    payload_text   text,
+    handouts       integer NOT NULL DEFAULT 0
+) WITH (fillfactor = 50);
+-- eo.read(): the alive messages of a queue in queue order (the visible
+-- ones are picked by a filter); eo.ack(), eo.nack(): the row of a lease.
+CREATE INDEX queue_message_alive ON eo.queue_message (destination_id, qseq)
     WHERE dead_at IS NULL;
 -- eo.read(): is an earlier message of the same key still alive?
 CREATE INDEX queue_message_key ON eo.queue_message (destination_id, key, qseq)
     WHERE key IS NOT NULL AND dead_at IS NULL;
--- eo.ack(), eo.nack(): the row of a lease.
-CREATE INDEX queue_message_lease ON eo.queue_message (lease)
-    WHERE lease IS NOT NULL;
 COMMENT ON TABLE eo.queue_message IS
     'Messages of queue destinations not yet acknowledged (eo.read, eo.ack, eo.nack)';
 
@@ -851,18 +857,11 @@ CREATE INDEX queue_ack_destination ON eo.queue_ack (destination_id);
 COMMENT ON TABLE eo.queue_ack IS
     'Numbers of messages acknowledged per queue destination (summed by eo.stats)';
 
--- Leases: a new one for every hand-out, larger than all before it (also
--- after a restore), so that a stale one is never current again.
-CREATE SEQUENCE eo.queue_lease_seq AS bigint;
-COMMENT ON SEQUENCE eo.queue_lease_seq IS
-    'leases handed out by eo.read()';
-
 -- pg_dump keeps what is queued (with its leases and attempts), the counts
--- and both sequences.
+-- and the queue's sequence.
 SELECT pg_catalog.pg_extension_config_dump('eo.queue_message', '');
 SELECT pg_catalog.pg_extension_config_dump('eo.queue_message_qseq_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('eo.queue_ack', '');
-SELECT pg_catalog.pg_extension_config_dump('eo.queue_lease_seq', '');
 
 -- The consumer functions check the calling role against the queue's
 -- "consumers" option and then work as the extension's owner: not SECURITY
@@ -1919,7 +1918,7 @@ REVOKE ALL ON TABLE
     eo.idempotency_key
 FROM PUBLIC;
 REVOKE ALL ON TABLE eo.destinations, eo.relay_status, eo.stats, eo.unrouted FROM PUBLIC;
-REVOKE ALL ON SEQUENCE eo.idempotency_fence_seq, eo.message_seq, eo.queue_lease_seq FROM PUBLIC;
+REVOKE ALL ON SEQUENCE eo.idempotency_fence_seq, eo.message_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION
     -- inbox
     eo.process(text, text, interval),
