@@ -25,6 +25,7 @@ OBJS = \
 	src/sink_notify.o \
 	src/sink_http.o \
 	src/sink_queue.o \
+	src/queue_scan.o \
 	src/sink_async.o \
 	src/http_options.o \
 	src/http_address.o \
@@ -83,7 +84,7 @@ REGRESS_OPTS = --temp-instance=tmp_check_regress \
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
 	inbox_prepared process_seq_races outbox_keys relay_claims \
-	keys_race log_rotation queue_leases
+	keys_race log_rotation queue_leases queue_floor
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

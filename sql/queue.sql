@@ -3,11 +3,11 @@
 -- input.  The relay is off: eo.relay_run() routes in this session.  Lease
 -- numbers depend on nothing but this file (a fresh database): a lease is
 -- its message's qseq (1, 2, ... in the order routed) times 65,536 plus the
--- number of the hand-out (1, 2, ... for each message), as pg_temp.lease()
--- computes them below.
+-- attempt (1, 2, ... for each message), as pg_temp.lease() computes them
+-- below.
 CREATE EXTENSION eo_processing;
-CREATE FUNCTION pg_temp.lease(qseq bigint, handout integer) RETURNS bigint
-    LANGUAGE sql IMMUTABLE AS $$ SELECT (qseq << 16) + handout $$;
+CREATE FUNCTION pg_temp.lease(qseq bigint, attempt integer) RETURNS bigint
+    LANGUAGE sql IMMUTABLE AS $$ SELECT (qseq << 16) + attempt $$;
 CREATE ROLE regress_eo_q_reader;
 CREATE ROLE regress_eo_q_member;
 CREATE ROLE regress_eo_q_other;
@@ -94,8 +94,9 @@ SELECT eo.ack('q', ARRAY[pg_temp.lease(5, 1)]);
 \set VERBOSITY default
 
 -- max_attempts 2: given back after its second attempt, a message is dead;
--- it no longer holds its key, and eo.redrive() makes it ready again (its
--- attempts start again at 1; its hand-outs, and so its leases, go on).
+-- it no longer holds its key, and eo.redrive() enqueues it again, at the
+-- back of the queue: a new qseq (11), so leases of its own, and its
+-- attempts start again at 1.
 SELECT eo.nack('q', ARRAY[pg_temp.lease(5, 2)]) AS nacked;
 SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'q';
 SELECT lease, key, payload, attempt FROM eo.read('q');
@@ -103,7 +104,7 @@ SELECT eo.ack('q', ARRAY[pg_temp.lease(7, 1)]) AS acked;
 SELECT eo.redrive('q') AS redriven;
 SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'q';
 SELECT lease, key, payload, attempt FROM eo.read('q');
-SELECT eo.ack('q', ARRAY[pg_temp.lease(5, 3)]) AS acked;
+SELECT eo.ack('q', ARRAY[pg_temp.lease(11, 1)]) AS acked;
 
 -- Privileges: a consumer (or a member of one) reads; another role gets
 -- 42501 and sees nothing; the tables stay out of reach.

@@ -160,7 +160,7 @@ SELECT slot, count(*) FROM eo.message_log GROUP BY slot ORDER BY slot;
 ALTER EXTENSION eo_processing UPDATE TO '0.7.0';
 SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
 -- 0.8.0: a queue's hand-out writes no index entry (#14); leases are made
--- of qseq and the hand-out's number.  A queue of 0.7.0 with a ready, a
+-- of qseq and the attempt.  A queue of 0.7.0 with a ready, a
 -- leased (lease 7, from the old sequence), a retrying and a dead message;
 -- this library's consumer functions wait for the update.
 SELECT eo.create_destination('qu', 'queue', '{"visibility_timeout": "1h", "max_attempts": 5}');
@@ -180,8 +180,8 @@ SELECT * FROM eo.read('qu');
 \set VERBOSITY default
 ALTER EXTENSION eo_processing UPDATE TO '0.8.0';
 SELECT extversion FROM pg_extension WHERE extname = 'eo_processing';
-SELECT key, attempt, handouts, lease IS NOT NULL AS leased,
-       lease = (qseq << 16) + handouts AS lease_of_last_handout, dead_at IS NOT NULL AS dead
+SELECT key, attempt, lease IS NOT NULL AS leased,
+       lease = (qseq << 16) + attempt AS lease_of_last_attempt, dead_at IS NOT NULL AS dead
   FROM eo.queue_message ORDER BY qseq;
 SELECT destination, ready, leased, retrying, dead FROM eo.stats WHERE destination = 'qu';
 -- The lease handed out before the update is no longer current; the ready

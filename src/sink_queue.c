@@ -22,9 +22,10 @@
  *	  eo.read() leases ready messages with FOR UPDATE SKIP LOCKED, so that
  *	  readers never wait for each other; each hand-out counts an attempt
  *	  and gets a lease of its own: the message's qseq times 65,536 plus the
- *	  hand-out's number (column handouts, 1 to 65,535, never reset), so
- *	  that eo.ack() and eo.nack() find the row by qseq through the index
- *	  of alive messages and then compare the whole lease.  A hand-out
+ *	  attempt (1 to 65,535; attempts are never reset, eo.redrive()
+ *	  enqueues a message again under a new qseq), so that eo.ack() and
+ *	  eo.nack() find the row by qseq through the index of alive messages
+ *	  and then compare the whole lease.  A hand-out
  *	  changes no indexed column: on a page with room (the table's
  *	  fillfactor is 50) it is a HOT update, with no index entry written.  A keyed message is handed
  *	  out only while no earlier message of its key is left in the queue
@@ -76,6 +77,7 @@
 
 #include "destination.h"
 #include "message_log.h"
+#include "queue_scan.h"
 #include "relay.h"
 #include "sink.h"
 
@@ -84,12 +86,12 @@ PG_FUNCTION_INFO_V1(eo_ack);
 PG_FUNCTION_INFO_V1(eo_nack);
 
 /*
- * Leases: qseq << QUEUE_HANDOUT_BITS | the hand-out's number.  A message
- * handed out QUEUE_MAX_HANDOUTS times in all dies at the next read (the
- * schema caps qseq at 2^47 - 1, so that a lease stays positive).
+ * Leases: qseq << QUEUE_ATTEMPT_BITS | the attempt.  A message handed out
+ * QUEUE_MAX_HANDOUTS times dies at the next read, whatever max_attempts
+ * says (the schema caps qseq at 2^47 - 1, so that a lease stays positive).
  */
-#define QUEUE_HANDOUT_BITS	16
-#define QUEUE_MAX_HANDOUTS	((1 << QUEUE_HANDOUT_BITS) - 1)
+#define QUEUE_ATTEMPT_BITS	16
+#define QUEUE_MAX_HANDOUTS	((1 << QUEUE_ATTEMPT_BITS) - 1)
 
 /* Limits of the consumer functions' arguments. */
 #define QUEUE_MAX_READ		10000
@@ -272,6 +274,11 @@ queue_deliver(const DestinationConfig *dest, const EoMessage *msg, SinkOutcome *
 	nulls[7] = msg->payload ? ' ' : 'n';
 	values[8] = msg->payload_text ? CStringGetTextDatum(msg->payload_text) : (Datum) 0;
 	nulls[8] = msg->payload_text ? ' ' : 'n';
+	/*
+	 * A transaction id before the qseq is drawn: eo.read()'s scan relies
+	 * on it (see queue_scan.c).
+	 */
+	(void) GetCurrentTransactionId();
 	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "eo_processing: enqueueing failed: %s", SPI_result_code_string(rc));
@@ -574,16 +581,14 @@ queue_open(FunctionCallInfo fcinfo, QueueCall *q)
 }
 
 /*
- * Has eo.queue_message the columns of 0.8.0 (handouts)?  Between a new
- * library and ALTER EXTENSION UPDATE it has not; the relay still enqueues
- * into the older table (its INSERT names no new column).
+ * Has eo.queue_message the index of 0.8.0 (queue_message_alive)?  Between
+ * a new library and ALTER EXTENSION UPDATE it has not; the relay still
+ * enqueues into the older table.
  */
 static bool
 queue_objects_current(void)
 {
-	Oid			relid = eo_relation_oid("queue_message");
-
-	return OidIsValid(relid) && get_attnum(relid, "handouts") != InvalidAttrNumber;
+	return OidIsValid(eo_relation_oid("queue_message_alive"));
 }
 
 /* Back to the caller's identity, and disconnect SPI. */
@@ -678,7 +683,7 @@ leases_arg(FunctionCallInfo fcinfo, int argno, int *ndistinct)
 
 /*
  * lease_qseqs
- *		The qseq of each lease (see QUEUE_HANDOUT_BITS), as a bigint array
+ *		The qseq of each lease (see QUEUE_ATTEMPT_BITS), as a bigint array
  *		palloc'd in the current context: eo.ack() and eo.nack() look the
  *		rows up by it and then compare the whole lease.  A lease that was
  *		never handed out yields a qseq whose row (if any) has another lease.
@@ -691,7 +696,7 @@ lease_qseqs(ArrayType *leases)
 
 	deconstruct_array(leases, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
 	for (int i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(DatumGetInt64(elems[i]) >> QUEUE_HANDOUT_BITS);
+		elems[i] = Int64GetDatum(DatumGetInt64(elems[i]) >> QUEUE_ATTEMPT_BITS);
 	return construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
@@ -753,6 +758,8 @@ eo_read(PG_FUNCTION_ARGS)
 	int			max_messages;
 	int64		visibility_us = -1;
 	int			wanted;
+	ItemPointerData *tids;
+	Datum	   *tid_datums;
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (PG_ARGISNULL(1))
@@ -774,39 +781,23 @@ eo_read(PG_FUNCTION_ARGS)
 
 	if (plan == NULL)
 	{
-		Oid			types[6] = {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID};
+		Oid			types[6] = {INT4OID, TIDARRAYOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID};
 
 		/*
-		 * The candidates: alive and visible, first of their key among the
-		 * alive messages, in queue order; rows locked by another reader
-		 * are skipped.  Each is leased, or marked dead after its last
-		 * attempt ($5) or hand-out ($6).  The alive messages are read in
-		 * qseq order, the leased and retrying ones among them passed over
-		 * by the filter on visible_at.
+		 * The candidates eo_queue_pick() locked ($2): each is leased, or
+		 * marked dead after its last attempt ($5, and at most $6).
 		 */
 		(void) eo_relay_prepare(&plan,
 								"WITH taken AS ("
 								" UPDATE eo.queue_message q"
-								"    SET lease = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN NULL"
-								"                     ELSE (q.qseq << " CppAsString2(QUEUE_HANDOUT_BITS) ") + q.handouts + 1 END,"
-								"        handouts = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN q.handouts"
-								"                        ELSE q.handouts + 1 END,"
-								"        attempt = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN q.attempt"
+								"    SET lease = CASE WHEN q.attempt >= least($5, $6) THEN NULL"
+								"                     ELSE (q.qseq << " CppAsString2(QUEUE_ATTEMPT_BITS) ") + q.attempt + 1 END,"
+								"        attempt = CASE WHEN q.attempt >= least($5, $6) THEN q.attempt"
 								"                       ELSE q.attempt + 1 END,"
-								"        visible_at = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN q.visible_at"
+								"        visible_at = CASE WHEN q.attempt >= least($5, $6) THEN q.visible_at"
 								"                          ELSE $4 END,"
-								"        dead_at = CASE WHEN q.attempt >= $5 OR q.handouts >= $6 THEN $3 END"
-								"  WHERE q.ctid = ANY (ARRAY("
-								"        SELECT c.ctid FROM eo.queue_message c"
-								"         WHERE c.destination_id = $1 AND c.dead_at IS NULL"
-								"           AND c.visible_at <= $3"
-								"           AND (c.key IS NULL OR NOT EXISTS ("
-								"                SELECT 1 FROM eo.queue_message e"
-								"                 WHERE e.destination_id = $1 AND e.key = c.key"
-								"                   AND e.qseq < c.qseq AND e.dead_at IS NULL))"
-								"         ORDER BY c.qseq"
-								"         LIMIT $2"
-								"         FOR UPDATE SKIP LOCKED))"
+								"        dead_at = CASE WHEN q.attempt >= least($5, $6) THEN $3 END"
+								"  WHERE q.ctid = ANY ($2) AND q.destination_id = $1"
 								" RETURNING q.qseq, q.id, q.lease, q.topic, q.key, q.headers, q.payload,"
 								"           q.payload_text, q.published_at, q.attempt, q.dead_at IS NOT NULL)"
 								" SELECT id, lease, topic, key, headers, payload, payload_text,"
@@ -822,14 +813,24 @@ eo_read(PG_FUNCTION_ARGS)
 	 * one call busy).
 	 */
 	wanted = max_messages;
+	tids = palloc(sizeof(ItemPointerData) * max_messages);
+	tid_datums = palloc(sizeof(Datum) * max_messages);
 	for (int round = 0; round < 10 && wanted > 0; round++)
 	{
 		Datum		args[6];
 		int			died = 0;
+		int			picked;
 		uint64		got;
 
+		picked = eo_queue_pick(q.cfg.id, now, wanted, tids);
+		if (picked == 0)
+			break;
+		for (int i = 0; i < picked; i++)
+			tid_datums[i] = PointerGetDatum(&tids[i]);
 		args[0] = Int32GetDatum(q.cfg.id);
-		args[1] = Int32GetDatum(wanted);
+		args[1] = PointerGetDatum(construct_array(tid_datums, picked, TIDOID,
+												  sizeof(ItemPointerData), false,
+												  TYPALIGN_SHORT));
 		args[2] = TimestampTzGetDatum(now);
 		args[3] = TimestampTzGetDatum(now + visibility_us);
 		args[4] = Int32GetDatum(q.cfg.max_attempts);

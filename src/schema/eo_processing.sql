@@ -786,11 +786,21 @@ BEGIN
     IF n > 0 THEN
         PERFORM eo.wake_relay();
     END IF;
-    -- Dead messages of a queue are ready again, with their attempts reset,
-    -- and the queue's listeners are woken.
-    UPDATE eo.queue_message
-       SET dead_at = NULL, attempt = 0, lease = NULL, visible_at = now()
-     WHERE destination_id = d.id AND dead_at IS NOT NULL;
+    -- Dead messages of a queue are enqueued again, at the back of the
+    -- queue (a new qseq, in their old order) with their attempts reset,
+    -- and the queue's listeners are woken.  Never in place: eo.read()'s
+    -- scan relies on a message becoming alive only with a new qseq (see
+    -- queue_scan.c).  The DELETE runs first, so the transaction has an id
+    -- before it draws one.
+    WITH gone AS (
+        DELETE FROM eo.queue_message
+         WHERE destination_id = d.id AND dead_at IS NOT NULL
+        RETURNING *)
+    INSERT INTO eo.queue_message (destination_id, visible_at, enqueued_at, published_at,
+                                  id, topic, key, headers, payload, payload_text)
+    SELECT g.destination_id, now(), g.enqueued_at, g.published_at,
+           g.id, g.topic, g.key, g.headers, g.payload, g.payload_text
+      FROM gone AS g ORDER BY g.qseq;
     GET DIAGNOSTICS q = ROW_COUNT;
     IF q > 0 AND d.options ? 'channel' THEN
         PERFORM pg_notify(d.options ->> 'channel', d.name);
@@ -808,17 +818,17 @@ COMMENT ON FUNCTION eo.redrive(text) IS
 -- finish them with eo.ack() (which deletes the row) or give them back with
 -- eo.nack().  A row is ready (dead_at IS NULL, visible_at <= now), leased
 -- (lease set, visible_at in the future), retrying (no lease, visible_at in
--- the future) or dead (dead_at set).  attempt counts the hand-outs since
--- the message was enqueued or redriven, handouts all of them.
+-- the future) or dead (dead_at set).  attempt counts the hand-outs; it is
+-- never reset (eo.redrive() enqueues a dead message again as a new row).
 --
--- A hand-out changes no indexed column (lease, handouts, attempt and
--- visible_at are not indexed), and every page keeps half of its space
--- free (fillfactor 50), so that eo.read() updates a row on its own page
--- without a new index entry (a HOT update); only a message that dies
--- leaves the indexes.  The lease is the message's qseq times 65,536 plus
--- the number of its hand-out (1 to 65,535): eo.ack() and eo.nack() find
--- the row by qseq and compare the whole lease.  So a later hand-out of a
--- message always has a lease of its own, and no lease index is needed.
+-- A hand-out changes no indexed column (lease, attempt and visible_at are
+-- not indexed), and every page keeps half of its space free (fillfactor
+-- 50), so that eo.read() updates a row on its own page without a new
+-- index entry (a HOT update); only a message that dies leaves the index.
+-- The lease is the message's qseq times 65,536 plus the attempt (1 to
+-- 65,535): eo.ack() and eo.nack() find the row by qseq and compare the
+-- whole lease.  So a later hand-out of a message always has a lease of
+-- its own, and no lease index is needed.
 CREATE TABLE eo.queue_message (
     qseq           bigint GENERATED ALWAYS AS IDENTITY (MAXVALUE 140737488355327),
     destination_id integer NOT NULL REFERENCES eo.destination (id) ON DELETE CASCADE,
@@ -833,16 +843,14 @@ CREATE TABLE eo.queue_message (
     key            text COLLATE "C",
     headers        jsonb,
     payload        jsonb,
-    payload_text   text,
-    handouts       integer NOT NULL DEFAULT 0
+    payload_text   text
 ) WITH (fillfactor = 50);
--- eo.read(): the alive messages of a queue in queue order (the visible
--- ones are picked by a filter); eo.ack(), eo.nack(): the row of a lease.
+-- eo.read(): the alive messages of a queue in queue order, scanned from
+-- the start (or from below the first alive one), so that the scan meets
+-- the earlier messages of every key first (queue_scan.c); eo.ack(),
+-- eo.nack(): the row of a lease.  The only index.
 CREATE INDEX queue_message_alive ON eo.queue_message (destination_id, qseq)
     WHERE dead_at IS NULL;
--- eo.read(): is an earlier message of the same key still alive?
-CREATE INDEX queue_message_key ON eo.queue_message (destination_id, key, qseq)
-    WHERE key IS NOT NULL AND dead_at IS NULL;
 COMMENT ON TABLE eo.queue_message IS
     'Messages of queue destinations not yet acknowledged (eo.read, eo.ack, eo.nack)';
 
