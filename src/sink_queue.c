@@ -19,23 +19,24 @@
  *		leased		dead_at IS NULL AND lease IS NOT NULL AND visible_at > now
  *		retrying	dead_at IS NULL AND lease IS NULL AND visible_at > now
  *		dead		dead_at IS NOT NULL
- *	  eo.read() leases ready messages with FOR UPDATE SKIP LOCKED, so that
- *	  readers never wait for each other; each hand-out counts an attempt
- *	  and gets a lease of its own: the message's qseq times 65,536 plus the
- *	  attempt (1 to 65,535; attempts are never reset, eo.redrive()
- *	  enqueues a message again under a new qseq), so that eo.ack() and
- *	  eo.nack() find the row by qseq through the index of alive messages
- *	  and then compare the whole lease.  A hand-out
- *	  changes no indexed column: on a page with room (the table's
- *	  fillfactor is 50) it is a HOT update, with no index entry written.  A keyed message is handed
- *	  out only while no earlier message of its key is left in the queue
- *	  alive (ready, leased or retrying): per-key order.  A message read
+ *	  eo.read() picks ready messages with the scan of queue_scan.c, which
+ *	  locks them as FOR UPDATE SKIP LOCKED would, so that readers never
+ *	  wait for each other.  A keyed message is handed out only while no
+ *	  earlier message of its key is left in the queue alive (ready, leased
+ *	  or retrying): per-key order.  Each hand-out counts an attempt and
+ *	  gets a lease of its own: the message's qseq times 65,536 plus the
+ *	  attempt (1 to 65,535; attempts are never reset), so that eo.ack()
+ *	  and eo.nack() find the row by qseq through the index of alive
+ *	  messages and then compare the whole lease.  A hand-out changes no
+ *	  indexed column: on a page with room (the table's fillfactor is 50)
+ *	  it is a HOT update, with no index entry written.  A message read
  *	  again after max_attempts hand-outs, or given back by eo.nack() after
  *	  its last one, is dead: it no longer holds its key, and eo.redrive()
- *	  makes it ready again.  eo.ack() deletes the rows of current leases in
- *	  the caller's transaction and counts them in eo.queue_ack.  The
- *	  channel is also notified when eo.ack() makes the next message of a
- *	  key readable, and when eo.nack() gives a message back at once; the
+ *	  enqueues it again, at the back of the queue under a new qseq (never
+ *	  in place: see queue_scan.c).  eo.ack() deletes the rows of current
+ *	  leases in the caller's transaction and counts them in eo.queue_ack.
+ *	  The channel is also notified when eo.ack() makes the next message of
+ *	  a key readable, and when eo.nack() gives a message back at once; the
  *	  relay's timers (queue_timers) notify it when a lease runs out or a
  *	  nack's delay has passed.
  *
