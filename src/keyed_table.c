@@ -308,6 +308,22 @@ slot_visible(KeyedTable *kt, TupleTableSlot *slot)
 }
 
 /*
+ * kt_report_concurrent_change
+ *		SQLSTATE 40001 for a row that a transaction our snapshot cannot see
+ *		updated (TM_Updated) or deleted (TM_Deleted), as UPDATE and
+ *		SELECT ... FOR UPDATE raise it under REPEATABLE READ.
+ */
+void
+kt_report_concurrent_change(TM_Result result)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access due to concurrent %s",
+					result == TM_Updated ? "update" : "delete"),
+			 errhint("Retry the transaction.")));
+}
+
+/*
  * kt_report_invisible
  *		Raise the serialization failure for a row with our key that was
  *		committed by a transaction our snapshot cannot see.
@@ -460,11 +476,7 @@ lock_row(KeyedTable *kt, ItemPointer tid, LockTupleMode mode,
 		case TM_Updated:
 		case TM_Deleted:
 			if (snapshot_rules && IsolationUsesXactSnapshot())
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent %s",
-								result == TM_Updated ? "update" : "delete"),
-						 errhint("Retry the transaction.")));
+				kt_report_concurrent_change(result);
 			return false;
 
 		default:

@@ -12,6 +12,7 @@
 
 #include "postgres.h"
 
+#include "access/tableam.h"
 #include "executor/executor.h"
 #include "nodes/lockoptions.h"
 #include "utils/rel.h"
@@ -59,6 +60,7 @@ extern bool kt_find_existing(KeyedTable *kt, ItemPointer tid);
 extern bool kt_find_latest(KeyedTable *kt, ItemPointer tid, bool *visible);
 extern bool kt_find_latest_untracked(KeyedTable *kt, ItemPointer tid);
 extern void kt_report_invisible(KeyedTable *kt) pg_attribute_noreturn();
+extern void kt_report_concurrent_change(TM_Result result) pg_attribute_noreturn();
 extern bool kt_fetch_visible(KeyedTable *kt);
 extern bool kt_insert_new(KeyedTable *kt);
 extern void kt_insert_plain(KeyedTable *kt);

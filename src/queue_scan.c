@@ -74,6 +74,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "keyed_table.h"
 #include "message_log.h"
 #include "queue_scan.h"
 
@@ -226,11 +227,7 @@ lock_candidate(Relation rel, Snapshot snapshot, TupleTableSlot *seen,
 		case TM_Updated:
 		case TM_Deleted:
 			if (xact_snapshot)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent %s",
-								result == TM_Updated ? "update" : "delete"),
-						 errhint("Retry the transaction.")));
+				kt_report_concurrent_change(result);
 			return false;
 
 		default:
