@@ -188,6 +188,29 @@ ALTER EXTENSION eo_processing UPDATE;
 SELECT eo.create_destination('early', 'queue');
 SELECT kind FROM eo.destination;
 DROP EXTENSION eo_processing;
+
+-- eo.read() starts where this session saw the first alive message of a
+-- queue (src/queue_scan.c).  A queue of an extension created again has
+-- the same id and its qseq starts at 1 again: nothing may be skipped.
+CREATE EXTENSION eo_processing;
+SELECT eo.create_destination('f', 'queue');
+SELECT eo.subscribe('f.*', 'f');
+SELECT count(eo.publish('f.job', jsonb_build_object('n', g))) FROM generate_series(1, 5) AS g;
+SELECT eo.relay_run() AS routed;
+SELECT eo.ack('f', ARRAY(SELECT lease FROM eo.read('f', 5))) AS acked;
+SELECT count(*) AS none_left FROM eo.read('f');
+SELECT eo.publish('f.job', '{"n": 6}') IS NOT NULL AS published, eo.relay_run() AS routed;
+SELECT eo.ack('f', ARRAY(SELECT lease FROM eo.read('f'))) AS acked;
+SELECT count(*) AS none_left FROM eo.read('f');
+DROP EXTENSION eo_processing;
+CREATE EXTENSION eo_processing;
+SELECT eo.create_destination('f', 'queue');
+SELECT eo.subscribe('f.*', 'f');
+SELECT count(eo.publish('f.job', jsonb_build_object('n', g))) FROM generate_series(1, 3) AS g;
+SELECT eo.relay_run() AS routed;
+SELECT (SELECT id FROM eo.destination WHERE name = 'f') AS same_id,
+       count(*) AS read_again FROM eo.read('f');
+DROP EXTENSION eo_processing;
 \set VERBOSITY default
 DROP ROLE regress_eo_q_member;
 DROP ROLE regress_eo_q_reader;

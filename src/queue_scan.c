@@ -40,9 +40,11 @@
  *	  moves up to F, or to the first alive message below F that this
  *	  later scan found (one that committed in between).  A transaction
  *	  open for long holds the floor where it is; the scan is then as
- *	  long as it was without one.  Rows written into eo.queue_message by
- *	  hand with an explicit qseq (OVERRIDING SYSTEM VALUE) are outside
- *	  this rule.
+ *	  long as it was without one.  A floor belongs to one table file:
+ *	  after DROP and CREATE EXTENSION or a TRUNCATE (qseq and destination
+ *	  ids may start again) it starts over.  Rows written into
+ *	  eo.queue_message by hand with an explicit qseq (OVERRIDING SYSTEM
+ *	  VALUE), or a qseq sequence set back, are outside this rule.
  *
  *	  The keys met are kept as 64-bit hashes: two keys with the same hash
  *	  would hold each other back (a delay, never a message out of order);
@@ -94,6 +96,8 @@ typedef struct QueueColumns
  */
 typedef struct QueueFloor
 {
+	Oid			relid;			/* eo.queue_message, and its file: a table */
+	Oid			relfilenode;	/* made again, or truncated, starts over */
 	int32		dest_id;
 	int64		floor;
 	bool		has_candidate;
@@ -104,20 +108,37 @@ typedef struct QueueFloor
 static QueueFloor *floors = NULL;	/* in TopMemoryContext */
 static int	nfloors = 0;
 
-/* The floor entry of a queue, made (at 0) if it has none yet. */
+/*
+ * The floor entry of a queue, made (at 0) if it has none yet.  An entry
+ * of an earlier eo.queue_message (DROP and CREATE EXTENSION, TRUNCATE:
+ * qseq may start again, and destination ids too) is started over.
+ */
 static QueueFloor *
-queue_floor(int32 dest_id)
+queue_floor(Relation rel, int32 dest_id)
 {
+	Oid			relid = RelationGetRelid(rel);
+	Oid			relfilenode = rel->rd_rel->relfilenode;
+
 	for (int i = 0; i < nfloors; i++)
 	{
-		if (floors[i].dest_id == dest_id)
-			return &floors[i];
+		if (floors[i].dest_id != dest_id)
+			continue;
+		if (floors[i].relid != relid || floors[i].relfilenode != relfilenode)
+		{
+			memset(&floors[i], 0, sizeof(QueueFloor));
+			floors[i].relid = relid;
+			floors[i].relfilenode = relfilenode;
+			floors[i].dest_id = dest_id;
+		}
+		return &floors[i];
 	}
 	if (floors == NULL)
 		floors = MemoryContextAlloc(TopMemoryContext, sizeof(QueueFloor));
 	else
 		floors = repalloc(floors, sizeof(QueueFloor) * (nfloors + 1));
 	memset(&floors[nfloors], 0, sizeof(QueueFloor));
+	floors[nfloors].relid = relid;
+	floors[nfloors].relfilenode = relfilenode;
 	floors[nfloors].dest_id = dest_id;
 	return &floors[nfloors++];
 }
@@ -255,7 +276,7 @@ eo_queue_pick(int32 dest_id, TimestampTz now, int wanted, ItemPointerData *tids)
 	QueueColumns cols;
 	Snapshot	snapshot;
 	ScanKeyData skeys[2];
-	QueueFloor *floor = queue_floor(dest_id);
+	QueueFloor *floor;
 	bool		found = false;
 	int64		first = 0;
 	IndexScanDesc scan;
@@ -269,6 +290,7 @@ eo_queue_pick(int32 dest_id, TimestampTz now, int wanted, ItemPointerData *tids)
 		elog(ERROR, "eo_processing: eo.queue_message or its index queue_message_alive is missing");
 	rel = table_open(relid, RowShareLock);
 	index = index_open(indexid, AccessShareLock);
+	floor = queue_floor(rel, dest_id);
 	cols.qseq = column(rel, "qseq");
 	cols.visible_at = column(rel, "visible_at");
 	cols.dead_at = column(rel, "dead_at");

@@ -23,8 +23,9 @@
 # dropped); 410 Gone disabling a destination; a configuration change
 # (eo.alter_destination), SIGHUP, the relay terminated by SIGTERM while
 # requests are in flight (its exit path frees libcurl's handles), the inbox
-# functions, and a fast shutdown at the end, after which every process has
-# written its leak check.
+# functions, a queue read, given back, redriven and acknowledged, and a
+# fast shutdown at the end, after which every process has written its leak
+# check.
 #
 # Then every log is read.  A record -- an error, or a definitely or
 # indirectly lost block -- belongs to the extension when one of its stacks
@@ -308,6 +309,32 @@ is( sql(q{SELECT count(*) FILTER (WHERE eo.process_seq('p1', g, 'vg')) FROM gene
 	'50', 'eo.process_seq: 50 new sequence numbers');
 is( sql(q{SELECT count(*) FILTER (WHERE eo.process_seq('p1', g, 'vg')) FROM generate_series(1, 50) g}),
 	'0', 'eo.process_seq: their duplicates');
+
+# A queue, read and acknowledged by a backend under Valgrind: eo.read's
+# scan (src/queue_scan.c), eo.nack to death, eo.redrive, eo.ack.
+sql(q{SELECT eo.create_destination('vq', 'queue', '{"max_attempts": 1}')});
+sql(q{SELECT eo.subscribe('vq.*', 'vq')});
+sql(q{SELECT count(eo.publish('vq.job', jsonb_build_object('n', g), 'k' || g % 5))
+        FROM generate_series(1, 40) g});
+ok(wait_for(q{SELECT (ready = 40)::int FROM eo.stats WHERE destination = 'vq'}, 'the queue filled'),
+	'40 messages enqueued');
+is(sql(q{SELECT eo.nack('vq', ARRAY(SELECT lease FROM eo.read('vq', 10)))}),
+	'5', 'eo.read hands out the first message of each of the 5 keys; eo.nack gives them back');
+is(sql(q{SELECT eo.redrive('vq')}), '5', 'their only attempt made, they were dead: redriven');
+sql(q{
+DO $$
+DECLARE
+    l bigint[];
+BEGIN
+    LOOP
+        SELECT array_agg(lease) INTO l FROM eo.read('vq', 7);
+        EXIT WHEN l IS NULL;
+        PERFORM eo.ack('vq', l);
+    END LOOP;
+END $$});
+is(sql(q{SELECT ready || ' ' || leased || ' ' || dead || ' ' || acked_total
+           FROM eo.stats WHERE destination = 'vq'}),
+	'0 0 0 40', 'read and acknowledged in batches: all 40');
 
 ok(wait_for($all_done, 'every delivery'), 'every message delivered under valgrind');
 note sprintf('%d messages to two destinations delivered in %.1f s',
