@@ -84,7 +84,7 @@ REGRESS_OPTS = --temp-instance=tmp_check_regress \
 # Isolation specs: test/isolation/{specs,expected}.
 ISOLATION = inbox_concurrent inbox_snapshots inbox_savepoints \
 	inbox_prepared process_seq_races outbox_keys relay_claims \
-	keys_race log_rotation queue_leases queue_floor
+	keys_race log_rotation queue_leases queue_floor queue_redrive_order
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
 	--outputdir=output_iso \
 	--temp-instance=tmp_check_iso \

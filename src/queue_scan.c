@@ -36,15 +36,20 @@
  *	  message has ended (a later snapshot's xmin has reached the next
  *	  transaction id as read after that scan's snapshot), nothing below F
  *	  can become alive again: no transaction still running drew a qseq
- *	  below it.  The floor then
- *	  moves up to F, or to the first alive message below F that this
- *	  later scan found (one that committed in between).  A transaction
+ *	  below it.  The floor then moves up to F, or to the first alive
+ *	  message below F that this later scan found (one that committed in
+ *	  between).  The other way back to life is a rollback of the reader's
+ *	  own acknowledgement, give-back or kill, which its own scan does not
+ *	  see: a scan in a transaction that already had an id never moves
+ *	  the floor.  A transaction
  *	  open for long holds the floor where it is; the scan is then as
  *	  long as it was without one.  A floor belongs to one table file:
  *	  after DROP and CREATE EXTENSION or a TRUNCATE (qseq and destination
  *	  ids may start again) it starts over.  Rows written into
- *	  eo.queue_message by hand with an explicit qseq (OVERRIDING SYSTEM
- *	  VALUE), or a qseq sequence set back, are outside this rule.
+ *	  eo.queue_message by hand must take a transaction id before their
+ *	  qseq is drawn (txid_current(), as the relay does); rows with an
+ *	  explicit qseq (OVERRIDING SYSTEM VALUE), a qseq sequence set back or
+ *	  given a cache, are outside this rule.
  *
  *	  The keys met are kept as 64-bit hashes: two keys with the same hash
  *	  would hold each other back (a delay, never a message out of order);
@@ -150,11 +155,19 @@ queue_floor(Relation rel, int32 dest_id)
  *		none).  Call after the scan: the next transaction id read here is
  *		at least that of every transaction that drew a qseq before the
  *		snapshot.
+ *
+ *		"own_changes": the caller's transaction had a transaction id when
+ *		the snapshot was taken, so it may have acknowledged, given back or
+ *		marked dead messages the scan then did not see, and a rollback (of
+ *		the transaction or of a savepoint) would make them alive again.
+ *		Such a scan never moves the floor; it may note a candidate, which
+ *		only becomes the floor together with the first message of a later
+ *		scan without changes of its own (the lower of the two).
  */
 static void
-floor_after_scan(QueueFloor *f, Snapshot snapshot, bool found, int64 first)
+floor_after_scan(QueueFloor *f, Snapshot snapshot, bool own_changes, bool found, int64 first)
 {
-	if (f->has_candidate &&
+	if (f->has_candidate && !own_changes &&
 		TransactionIdFollowsOrEquals(snapshot->xmin, f->candidate_xmax))
 	{
 		f->floor = found ? Min(first, f->candidate) : f->candidate;
@@ -277,6 +290,7 @@ eo_queue_pick(int32 dest_id, TimestampTz now, int wanted, ItemPointerData *tids)
 	Snapshot	snapshot;
 	ScanKeyData skeys[2];
 	QueueFloor *floor;
+	bool		own_changes;
 	bool		found = false;
 	int64		first = 0;
 	IndexScanDesc scan;
@@ -301,6 +315,12 @@ eo_queue_pick(int32 dest_id, TimestampTz now, int wanted, ItemPointerData *tids)
 	ctl.hcxt = CurrentMemoryContext;
 	keys = hash_create("eo.read keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
+	/*
+	 * Whether this transaction may have changed messages the scan will not
+	 * see (see floor_after_scan); locks the scan takes below do not hide
+	 * anything from it.
+	 */
+	own_changes = TransactionIdIsValid(GetTopTransactionIdIfAny());
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	seen = table_slot_create(rel, NULL);
@@ -331,7 +351,7 @@ eo_queue_pick(int32 dest_id, TimestampTz now, int wanted, ItemPointerData *tids)
 			picked++;
 	}
 	index_endscan(scan);
-	floor_after_scan(floor, snapshot, found, first);
+	floor_after_scan(floor, snapshot, own_changes, found, first);
 
 	ExecDropSingleTupleTableSlot(latest);
 	ExecDropSingleTupleTableSlot(seen);

@@ -69,6 +69,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -235,6 +236,45 @@ queue_check_target(const DestinationConfig *cfg)
 }
 
 /*
+ * lock_destination_for_enqueue
+ *		Hold the destination row FOR KEY SHARE before this transaction
+ *		draws its first qseq for the queue: eo.redrive() takes the row FOR
+ *		UPDATE before it draws, so the two never draw while the other one
+ *		is open, and qseq order is commit order between them.  (Without
+ *		it, the enqueueing INSERT drew first and only then waited, in its
+ *		foreign-key check, for a redrive that drew a later qseq and
+ *		committed first: a reader could hand out the redriven message and
+ *		then the earlier-numbered one of the same key.)  Once per
+ *		transaction and destination.
+ */
+static void
+lock_destination_for_enqueue(int32 dest_id)
+{
+	static SPIPlanPtr plan = NULL;
+	static LocalTransactionId locked_lxid = InvalidLocalTransactionId;
+	static List *locked = NIL;	/* in TopTransactionContext */
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(dest_id)};
+	MemoryContext old;
+
+	if (locked_lxid != MyProc->lxid)
+	{
+		locked = NIL;			/* freed with its transaction */
+		locked_lxid = MyProc->lxid;
+	}
+	else if (list_member_int(locked, dest_id))
+		return;
+	(void) eo_relay_prepare(&plan,
+							"SELECT 1 FROM eo.destination WHERE id = $1 FOR KEY SHARE",
+							1, types);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "eo_processing: could not lock destination %d", dest_id);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	locked = lappend_int(locked, dest_id);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * queue_deliver
  *		Enqueue a message, in the relay's transaction (SPI connected), and
  *		queue the wake-up notification.  An error aborts the relay's step:
@@ -277,9 +317,10 @@ queue_deliver(const DestinationConfig *dest, const EoMessage *msg, SinkOutcome *
 	nulls[8] = msg->payload_text ? ' ' : 'n';
 	/*
 	 * A transaction id before the qseq is drawn: eo.read()'s scan relies
-	 * on it (see queue_scan.c).
+	 * on it (see queue_scan.c); and no redrive of the queue open meanwhile.
 	 */
 	(void) GetCurrentTransactionId();
+	lock_destination_for_enqueue(dest->id);
 	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "eo_processing: enqueueing failed: %s", SPI_result_code_string(rc));
@@ -701,11 +742,22 @@ lease_qseqs(ArrayType *leases)
 	return construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
+/* Order of int64 values, for qsort() and bsearch(). */
+static int
+int64_order(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
 /*
  * stale_lease_error
  *		Raise QL001 for the first lease of "arr" not among the leases in
- *		column 1 of the last SPI result (the rows the call changed).  The caller's transaction
- *		must roll back: its work depended on a lease it no longer holds.
+ *		column 1 of the last SPI result (the rows the call changed, each
+ *		with the lease it was held under).  The caller's transaction must
+ *		roll back: its work depended on a lease it no longer holds.
  */
 static void
 stale_lease_error(ArrayType *arr, const char *queue, const char *what)
@@ -713,21 +765,26 @@ stale_lease_error(ArrayType *arr, const char *queue, const char *what)
 	Datum	   *elems;
 	int			n;
 	int64		stale = 0;
+	int64	   *current = palloc(sizeof(int64) * Max(SPI_processed, 1));
 
-	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
-	for (int i = 0; i < n && stale == 0; i++)
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		bool		found = false;
+		bool		isnull;
 
-		for (uint64 r = 0; r < SPI_processed && !found; r++)
+		current[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+												 1, &isnull));
+	}
+	qsort(current, SPI_processed, sizeof(int64), int64_order);
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+	{
+		int64		lease = DatumGetInt64(elems[i]);
+
+		if (bsearch(&lease, current, SPI_processed, sizeof(int64), int64_order) == NULL)
 		{
-			bool		isnull;
-
-			found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
-												1, &isnull)) == DatumGetInt64(elems[i]);
+			stale = lease;
+			break;
 		}
-		if (!found)
-			stale = DatumGetInt64(elems[i]);
 	}
 	ereport(ERROR,
 			(errcode(ERRCODE_EO_STALE_LEASE),
@@ -735,6 +792,19 @@ stale_lease_error(ArrayType *arr, const char *queue, const char *what)
 			 errdetail("Its message was acknowledged or given back already, or the lease expired and the message was read again."),
 			 errhint("Roll back the work done under this lease: %s applies to no message, and another consumer may hold it now.",
 					 what)));
+}
+
+/* A message eo.read() leased, with its place in the queue. */
+typedef struct LeasedRow
+{
+	int64		qseq;
+	HeapTuple	tuple;			/* the row eo.read() returns, and more */
+} LeasedRow;
+
+static int
+leased_row_order(const void *a, const void *b)
+{
+	return int64_order(&((const LeasedRow *) a)->qseq, &((const LeasedRow *) b)->qseq);
 }
 
 /*
@@ -761,6 +831,11 @@ eo_read(PG_FUNCTION_ARGS)
 	int			wanted;
 	ItemPointerData *tids;
 	Datum	   *tid_datums;
+	LeasedRow  *leased;
+	int			nleased = 0;
+	TupleDesc	desc = NULL;
+	MemoryContext callcxt = CurrentMemoryContext;
+	MemoryContext old;
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (PG_ARGISNULL(1))
@@ -802,7 +877,7 @@ eo_read(PG_FUNCTION_ARGS)
 								" RETURNING q.qseq, q.id, q.lease, q.topic, q.key, q.headers, q.payload,"
 								"           q.payload_text, q.published_at, q.attempt, q.dead_at IS NOT NULL)"
 								" SELECT id, lease, topic, key, headers, payload, payload_text,"
-								"        published_at, attempt, dead"
+								"        published_at, attempt, dead, qseq"
 								"   FROM taken AS t (qseq, id, lease, topic, key, headers, payload,"
 								"                    payload_text, published_at, attempt, dead)"
 								"  ORDER BY qseq", 6, types);
@@ -814,6 +889,7 @@ eo_read(PG_FUNCTION_ARGS)
 	 * one call busy).
 	 */
 	wanted = max_messages;
+	leased = palloc(sizeof(LeasedRow) * max_messages);
 	tids = palloc(sizeof(ItemPointerData) * max_messages);
 	tid_datums = palloc(sizeof(Datum) * max_messages);
 	for (int round = 0; round < 10 && wanted > 0; round++)
@@ -839,22 +915,36 @@ eo_read(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "eo_processing: eo.read() failed");
 		got = SPI_processed;
+		old = MemoryContextSwitchTo(callcxt);
+		if (desc == NULL)
+			desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
 		for (uint64 r = 0; r < got; r++)
 		{
-			Datum		values[10];
-			bool		nulls[10];
+			bool		isnull;
 
-			heap_deform_tuple(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, values, nulls);
-			if (DatumGetBool(values[9]))
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], desc, 10, &isnull)))
 			{
 				died++;
 				continue;
 			}
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			leased[nleased].qseq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], desc, 11, &isnull));
+			leased[nleased++].tuple = heap_copytuple(SPI_tuptable->vals[r]);
 			wanted--;
 		}
+		MemoryContextSwitchTo(old);
 		if (died == 0)
 			break;
+	}
+
+	/* Oldest first, also when a later round found older messages. */
+	qsort(leased, nleased, sizeof(LeasedRow), leased_row_order);
+	for (int i = 0; i < nleased; i++)
+	{
+		Datum		values[11];
+		bool		nulls[11];
+
+		heap_deform_tuple(leased[i].tuple, desc, values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	/* The relay notifies the channel if these leases run out. */
 	if (wanted < max_messages && QUEUE_OPTIONS(&q.cfg)->channel)
@@ -993,7 +1083,8 @@ eo_nack(PG_FUNCTION_ARGS)
 								"       dead_at = CASE WHEN q.attempt >= $5 THEN $3 END"
 								" WHERE q.destination_id = $1 AND q.dead_at IS NULL AND q.qseq = ANY ($6)"
 								"   AND q.lease = ANY ($2)"
-								" RETURNING q.lease, q.dead_at IS NULL AND q.visible_at <= $3,"
+								" RETURNING (q.qseq << " CppAsString2(QUEUE_ATTEMPT_BITS) ") + q.attempt,"
+								"           q.dead_at IS NULL AND q.visible_at <= $3,"
 								"           CASE WHEN q.dead_at IS NULL AND q.visible_at > $3"
 								"                THEN q.visible_at END",
 								6, types);
