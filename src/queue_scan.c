@@ -107,7 +107,7 @@ typedef struct QueueFloor
 	int64		floor;
 	bool		has_candidate;
 	int64		candidate;
-	TransactionId candidate_xmax;
+	FullTransactionId candidate_xmax;
 } QueueFloor;
 
 static QueueFloor *floors = NULL;	/* in TopMemoryContext */
@@ -149,6 +149,26 @@ queue_floor(Relation rel, int32 dest_id)
 }
 
 /*
+ * candidate_passed
+ *		Has every transaction that had an id when the candidate was noted
+ *		ended, by "snapshot"?  Its xmin and a candidate noted less than
+ *		2^31 transaction ids ago compare as 32-bit ids; a candidate noted
+ *		longer ago than that (a backend that did not read for so long) is
+ *		older than any transaction that can still run.
+ */
+static bool
+candidate_passed(const QueueFloor *f, Snapshot snapshot)
+{
+	uint64		age = U64FromFullTransactionId(ReadNextFullTransactionId()) -
+		U64FromFullTransactionId(f->candidate_xmax);
+
+	if (age >= (UINT64CONST(1) << 31))
+		return true;
+	return TransactionIdFollowsOrEquals(snapshot->xmin,
+										XidFromFullTransactionId(f->candidate_xmax));
+}
+
+/*
  * floor_after_scan
  *		Move the floor after a scan with "snapshot" that started at the
  *		floor and found "first" as its first alive message (found false:
@@ -167,8 +187,7 @@ queue_floor(Relation rel, int32 dest_id)
 static void
 floor_after_scan(QueueFloor *f, Snapshot snapshot, bool own_changes, bool found, int64 first)
 {
-	if (f->has_candidate && !own_changes &&
-		TransactionIdFollowsOrEquals(snapshot->xmin, f->candidate_xmax))
+	if (f->has_candidate && !own_changes && candidate_passed(f, snapshot))
 	{
 		f->floor = found ? Min(first, f->candidate) : f->candidate;
 		f->has_candidate = false;
@@ -177,7 +196,7 @@ floor_after_scan(QueueFloor *f, Snapshot snapshot, bool own_changes, bool found,
 	{
 		f->has_candidate = true;
 		f->candidate = first;
-		f->candidate_xmax = XidFromFullTransactionId(ReadNextFullTransactionId());
+		f->candidate_xmax = ReadNextFullTransactionId();
 	}
 }
 
@@ -304,6 +323,11 @@ eo_queue_pick(int32 dest_id, TimestampTz now, int wanted, ItemPointerData *tids)
 		elog(ERROR, "eo_processing: eo.queue_message or its index queue_message_alive is missing");
 	rel = table_open(relid, RowShareLock);
 	index = index_open(indexid, AccessShareLock);
+	if (!index->rd_index->indisvalid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index eo.queue_message_alive is not valid"),
+				 errhint("REINDEX INDEX eo.queue_message_alive.")));
 	floor = queue_floor(rel, dest_id);
 	cols.qseq = column(rel, "qseq");
 	cols.visible_at = column(rel, "visible_at");
