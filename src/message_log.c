@@ -176,13 +176,16 @@ claimed_column(SPITupleTable *claimed, uint64 n, int column, Oid type)
  *		another row never counts.
  */
 static void
-delete_claimed(SPITupleTable *claimed, uint64 n, pg_uuid_t *ids)
+delete_claimed(SPITupleTable *claimed, uint64 n)
 {
 	Oid			types[1] = {TIDARRAYOID};
 	Datum		values[1];
+	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
 	pg_uuid_t  *deleted;
 	bool		isnull;
 
+	for (uint64 i = 0; i < n; i++)
+		ids[i] = *DatumGetUUIDP(SPI_getbinval(claimed->vals[i], claimed->tupdesc, 1, &isnull));
 	values[0] = claimed_column(claimed, n, 8, TIDOID);
 	eo_relay_prepare(&plan_delete,
 					 "DELETE FROM eo.outbox WHERE ctid = ANY ($1) RETURNING id",
@@ -223,7 +226,6 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	int64		last;
 	bool		isnull;
 	MemoryContext cxt = CurrentMemoryContext;
-	pg_uuid_t  *ids;
 	Datum	   *counts;
 	Datum	   *starts;
 	int32	   *all_routes;
@@ -251,7 +253,6 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	*config = eo_relay_config();
 	MemoryContextSwitchTo(cxt);
 	msgs = palloc0(sizeof(LogMessage) * n);
-	ids = palloc(sizeof(pg_uuid_t) * n);
 	counts = palloc(sizeof(Datum) * n);
 	starts = palloc(sizeof(Datum) * n);
 	all_routes = palloc(sizeof(int32) * n * Max(list_length((*config)->dests), 1));
@@ -259,7 +260,6 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	{
 		eo_message_read_spi(&msgs[i].msg, claimed->vals[i], claimed->tupdesc, 1, false);
 		route_message(*config, &msgs[i]);
-		ids[i] = msgs[i].msg.id;
 		counts[i] = Int32GetDatum(msgs[i].ndests);
 		starts[i] = Int32GetDatum(nall);
 		memcpy(all_routes + nall, msgs[i].dests, sizeof(int32) * msgs[i].ndests);
@@ -280,7 +280,7 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	for (uint64 i = 0; i < n; i++)
 		msgs[i].seq = last - (int64) n + 1 + (int64) i;
 
-	delete_claimed(claimed, n, ids);
+	delete_claimed(claimed, n);
 	MemoryContextSwitchTo(cxt);
 
 	/*

@@ -662,9 +662,9 @@ interval_arg(FunctionCallInfo fcinfo, int argno, const char *what, bool zero_ok)
 	return (int64) us;
 }
 
-/* qsort comparator of leases. */
+/* Order of int64 values (leases, qseqs), for qsort() and bsearch(). */
 static int
-lease_cmp(const void *a, const void *b)
+int64_cmp(const void *a, const void *b)
 {
 	int64		x = *(const int64 *) a;
 	int64		y = *(const int64 *) b;
@@ -712,7 +712,7 @@ leases_arg(FunctionCallInfo fcinfo, int argno, int *ndistinct)
 					 errmsg("leases must not contain null")));
 		vals[i] = DatumGetInt64(elems[i]);
 	}
-	qsort(vals, n, sizeof(int64), lease_cmp);
+	qsort(vals, n, sizeof(int64), int64_cmp);
 	for (int i = 0; i < n; i++)
 	{
 		if (i == 0 || vals[i] != vals[i - 1])
@@ -742,16 +742,6 @@ lease_qseqs(ArrayType *leases)
 	return construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
-/* Order of int64 values, for qsort() and bsearch(). */
-static int
-int64_order(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
 /*
  * stale_lease_error
  *		Raise QL001 for the first lease of "arr" not among the leases in
@@ -774,13 +764,13 @@ stale_lease_error(ArrayType *arr, const char *queue, const char *what)
 		current[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
 												 1, &isnull));
 	}
-	qsort(current, SPI_processed, sizeof(int64), int64_order);
+	qsort(current, SPI_processed, sizeof(int64), int64_cmp);
 	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
 	for (int i = 0; i < n; i++)
 	{
 		int64		lease = DatumGetInt64(elems[i]);
 
-		if (bsearch(&lease, current, SPI_processed, sizeof(int64), int64_order) == NULL)
+		if (bsearch(&lease, current, SPI_processed, sizeof(int64), int64_cmp) == NULL)
 		{
 			stale = lease;
 			break;
@@ -804,7 +794,7 @@ typedef struct LeasedRow
 static int
 leased_row_order(const void *a, const void *b)
 {
-	return int64_order(&((const LeasedRow *) a)->qseq, &((const LeasedRow *) b)->qseq);
+	return int64_cmp(&((const LeasedRow *) a)->qseq, &((const LeasedRow *) b)->qseq);
 }
 
 /*
@@ -879,8 +869,8 @@ eo_read(PG_FUNCTION_ARGS)
 								" SELECT id, lease, topic, key, headers, payload, payload_text,"
 								"        published_at, attempt, dead, qseq"
 								"   FROM taken AS t (qseq, id, lease, topic, key, headers, payload,"
-								"                    payload_text, published_at, attempt, dead)"
-								"  ORDER BY qseq", 6, types);
+								"                    payload_text, published_at, attempt, dead)",
+								6, types);
 	}
 
 	/*
