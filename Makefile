@@ -18,6 +18,7 @@ OBJS = \
 	src/producer_seq.o \
 	src/outbox.o \
 	src/outbox_vacuum.o \
+	src/log_write.o \
 	src/envelope.o \
 	src/topic.o \
 	src/destination.o \

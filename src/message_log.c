@@ -45,7 +45,7 @@
 static SPIPlanPtr plan_claim = NULL;
 static SPIPlanPtr plan_seq = NULL;
 static SPIPlanPtr plan_delete = NULL;
-static SPIPlanPtr plan_move = NULL;
+static SPIPlanPtr plan_slot = NULL;
 static SPIPlanPtr plan_cursors = NULL;
 static SPIPlanPtr plan_head = NULL;
 static SPIPlanPtr plan_read = NULL;
@@ -186,7 +186,7 @@ delete_claimed(SPITupleTable *claimed, uint64 n)
 
 	for (uint64 i = 0; i < n; i++)
 		ids[i] = *DatumGetUUIDP(SPI_getbinval(claimed->vals[i], claimed->tupdesc, 1, &isnull));
-	values[0] = claimed_column(claimed, n, 8, TIDOID);
+	values[0] = claimed_column(claimed, n, LOG_CLAIM_CTID, TIDOID);
 	eo_relay_prepare(&plan_delete,
 					 "DELETE FROM eo.outbox WHERE ctid = ANY ($1) RETURNING id",
 					 1, types);
@@ -206,12 +206,33 @@ delete_claimed(SPITupleTable *claimed, uint64 n)
 }
 
 /*
+ * The slot of the log that routing writes into now: 0 until
+ * eo.purge_delivered() first records one.  Read in the routing
+ * transaction; a rotation in between only means that the batch lands in
+ * the slot it replaced, which is kept until everything in it has aged.
+ */
+static int16
+current_slot(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	eo_relay_prepare(&plan_slot, "SELECT current_slot FROM eo.message_log_rotation", 0, NULL);
+	if (SPI_execute_plan(plan_slot, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eo_processing relay: could not read eo.message_log_rotation");
+	if (SPI_processed == 0)
+		return 0;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt16(d);
+}
+
+/*
  * eo_log_route
  *		Route up to "limit" messages of eo.outbox, oldest id first: number
  *		them, route them with the current configuration (read after the
  *		claim, so that it includes every change the claim could see; see
- *		relay_config.c) and move them to the log.  The caller holds the
- *		routing lock.  Returns how many, with the messages in *out and the
+ *		relay_config.c) and move them to the log (log_write.c).  The
+ *		caller holds the routing lock.  Returns how many, with the messages in *out and the
  *		configuration used in *config (current context; the messages point
  *		into SPI's result, valid until SPI_finish()).
  */
@@ -226,10 +247,6 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	int64		last;
 	bool		isnull;
 	MemoryContext cxt = CurrentMemoryContext;
-	Datum	   *counts;
-	Datum	   *starts;
-	int32	   *all_routes;
-	int			nall = 0;
 
 	/*
 	 * A saved generic plan: the relay turns enable_seqscan off, so that a
@@ -253,17 +270,10 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 	*config = eo_relay_config();
 	MemoryContextSwitchTo(cxt);
 	msgs = palloc0(sizeof(LogMessage) * n);
-	counts = palloc(sizeof(Datum) * n);
-	starts = palloc(sizeof(Datum) * n);
-	all_routes = palloc(sizeof(int32) * n * Max(list_length((*config)->dests), 1));
 	for (uint64 i = 0; i < n; i++)
 	{
 		eo_message_read_spi(&msgs[i].msg, claimed->vals[i], claimed->tupdesc, 1, false);
 		route_message(*config, &msgs[i]);
-		counts[i] = Int32GetDatum(msgs[i].ndests);
-		starts[i] = Int32GetDatum(nall);
-		memcpy(all_routes + nall, msgs[i].dests, sizeof(int32) * msgs[i].ndests);
-		nall += msgs[i].ndests;
 	}
 
 	/* n positions at once; a rolled-back routing leaves a harmless gap. */
@@ -282,56 +292,7 @@ eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
 
 	delete_claimed(claimed, n);
 	MemoryContextSwitchTo(cxt);
-
-	/*
-	 * Insert: the i-th claimed row, as it was read, gets position first +
-	 * i - 1 and, as routes, the next counts[i] entries (from starts[i]) of
-	 * the flat array of destination ids.  The arrays are unnested in the
-	 * select list, where they advance in step, row by row; unnest() in
-	 * FROM would first copy them all into a tuplestore (5 % of a NOTIFY
-	 * drain's relay CPU, by perf).
-	 */
-	{
-		Datum	   *flat = palloc(sizeof(Datum) * Max(nall, 1));
-		Oid			mtypes[12] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-			JSONBARRAYOID, JSONBARRAYOID, TEXTARRAYOID, REGROLEARRAYOID,
-		INT4ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8OID};
-		Datum		mvalues[12];
-		static const Oid column_types[8] = {UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
-		JSONBOID, JSONBOID, TEXTOID, REGROLEOID};
-
-		for (int i = 0; i < nall; i++)
-			flat[i] = Int32GetDatum(all_routes[i]);
-		for (int c = 0; c < 8; c++)
-			mvalues[c] = claimed_column(claimed, n, c < 7 ? c + 1 : 9, column_types[c]);
-		mvalues[8] = PointerGetDatum(construct_array(counts, (int) n, INT4OID, 4, true,
-													 TYPALIGN_INT));
-		mvalues[9] = PointerGetDatum(construct_array(starts, (int) n, INT4OID, 4, true,
-													 TYPALIGN_INT));
-		mvalues[10] = PointerGetDatum(construct_array(flat, nall, INT4OID, 4, true,
-													  TYPALIGN_INT));
-		mvalues[11] = Int64GetDatum(last - (int64) n + 1);
-		eo_relay_prepare(&plan_move,
-						 "INSERT INTO eo.message_log"
-						 "   (id, published_at, topic, key, headers, payload, payload_text, routed_at,"
-						 "    destinations, published_by, seq, routes, slot)"
-						 " SELECT m.id, m.published_at, m.topic, m.key, m.headers, m.payload,"
-						 "        m.payload_text, now(), m.n, m.published_by, m.seq,"
-						 "        coalesce($11[m.start + 1 : m.start + m.n], '{}'),"
-						 "        coalesce((SELECT current_slot FROM eo.message_log_rotation), 0)"
-						 "   FROM (SELECT unnest($1) AS id, unnest($2) AS published_at,"
-						 "                unnest($3) AS topic, unnest($4) AS key, unnest($5) AS headers,"
-						 "                unnest($6) AS payload, unnest($7) AS payload_text,"
-						 "                unnest($8) AS published_by, unnest($9) AS n,"
-						 "                unnest($10) AS start,"
-						 "                pg_catalog.generate_series($12, $12 + cardinality($1) - 1) AS seq) m",
-						 12, mtypes);
-		if (SPI_execute_plan(plan_move, mvalues, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "eo_processing relay: could not move messages to eo.message_log");
-		if (SPI_processed != n)
-			elog(ERROR, "eo_processing relay: moved " UINT64_FORMAT " of " UINT64_FORMAT " messages",
-				 SPI_processed, n);
-	}
+	eo_log_write(claimed, msgs, (int) n, current_slot());
 	MemoryContextSwitchTo(cxt);
 	*out = msgs;
 	return (int) n;
@@ -490,7 +451,7 @@ eo_log_quarantine_head(const char *error)
 void
 eo_log_forget_plans(void)
 {
-	SPIPlanPtr *plans[] = {&plan_claim, &plan_seq, &plan_delete, &plan_move, &plan_cursors, &plan_head,
+	SPIPlanPtr *plans[] = {&plan_claim, &plan_seq, &plan_delete, &plan_slot, &plan_cursors, &plan_head,
 	&plan_read};
 
 	eo_relay_free_plans(plans, lengthof(plans));

@@ -11,6 +11,7 @@
 
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "nodes/pg_list.h"
 
 #include "outbox.h"
@@ -37,6 +38,13 @@ extern Oid	eo_relation_oid(const char *name);
 extern bool eo_log_objects_ready(void);
 extern bool eo_log_lock(bool wait);
 extern int64 eo_log_head(void);
+/*
+ * The claim's columns (message_log.c): the message at 1 to 7, as
+ * eo_message_read_spi() reads it, then these.
+ */
+#define LOG_CLAIM_CTID 8
+#define LOG_CLAIM_PUBLISHED_BY 9
+
 extern int	eo_log_route(int limit, const RelayConfig **config, LogMessage **out);
 extern List *eo_log_cursors(void);
 extern LogCursor *eo_log_find_cursor(List *cursors, int32 dest_id);
@@ -44,6 +52,9 @@ extern int	eo_log_read(int32 dest_id, int64 after, int limit, LogMessage **out,
 						int64 *covered);
 extern int	eo_log_quarantine_head(const char *error);
 extern void eo_log_forget_plans(void);
+
+/* log_write.c: a routing batch into the log's current partition */
+extern void eo_log_write(SPITupleTable *claimed, const LogMessage *msgs, int n, int16 slot);
 
 /* outbox_vacuum.c: the relay vacuums the outbox it routes from */
 extern void eo_outbox_note_routed(int n);

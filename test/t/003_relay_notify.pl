@@ -182,6 +182,19 @@ SKIP:
 		't', 'eo.message(id) returns the full payload of a truncated message');
 }
 
+# A payload that does not compress is stored out of line in eo.outbox's
+# TOAST table; routing must copy it into the log's own, so the log keeps
+# it whole after the outbox row and its TOAST chunks are vacuumed away.
+my $blob_sql = q{(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g)};
+my $toast_id = publish(qq{'orders.big', $blob_sql});
+$known{$toast_id} = 1;
+ok($listener->wait_for_id($toast_id, $deliver_timeout), 'out-of-line payload delivered');
+$node->safe_psql('postgres', 'VACUUM eo.outbox');
+is( $node->safe_psql('postgres',
+		qq{SELECT eo.message('$toast_id')->>'payload' = $blob_sql
+		     FROM eo.message_log WHERE id = '$toast_id' AND pg_column_size(payload_text) >= 9600}),
+	't', 'out-of-line payload: whole in the log after the outbox was vacuumed');
+
 # Around the limit: text payloads whose envelope is a few bytes under or
 # over 8000 bytes.  Each must arrive once (a NOTIFY that is too long would
 # fail), complete exactly when the whole envelope fits.  The length of
