@@ -33,6 +33,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -161,6 +162,8 @@ eo_log_write(SPITupleTable *claimed, const LogMessage *msgs, int n, int16 slot)
 	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
 	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * n);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	ExecOpenIndices(rri, false);
@@ -168,13 +171,12 @@ eo_log_write(SPITupleTable *claimed, const LogMessage *msgs, int n, int16 slot)
 	for (int i = 0; i < n; i++)
 	{
 		HeapTuple	row = claimed->vals[i];
-		TupleTableSlot *ts = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+		TupleTableSlot *ts = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 
-		ExecClearTuple(ts);
 		for (int a = 0; a < desc->natts; a++)
 		{
-			Datum	   *value = &ts->tts_values[a];
-			bool	   *isnull = &ts->tts_isnull[a];
+			Datum	   *value = &values[a];
+			bool	   *isnull = &nulls[a];
 
 			*isnull = false;
 			switch (map[a])
@@ -221,7 +223,8 @@ eo_log_write(SPITupleTable *claimed, const LogMessage *msgs, int n, int16 slot)
 					break;
 			}
 		}
-		ExecStoreVirtualTuple(ts);
+		/* the slot owns the row: the multi-insert takes it as it is */
+		ExecStoreHeapTuple(heap_form_tuple(desc, values, nulls), ts, true);
 		slots[i] = ts;
 	}
 
