@@ -84,6 +84,17 @@ SELECT count(*) AS kept FROM eo.message_log;
 -- Bad input changes nothing.
 SELECT eo.purge_delivered(-1);
 
+-- Routing writes straight into the partition of the current slot, and
+-- only into a partition of the log: a slot table detached by hand is an
+-- error, and the routing transaction writes nothing.
+BEGIN;
+SELECT pg_catalog.format('ALTER TABLE eo.message_log DETACH PARTITION eo.message_log_%s', current_slot)
+  FROM eo.message_log_rotation \gexec
+SELECT eo.publish('rot.a', '{"detached": true}'::jsonb) IS NOT NULL AS published;
+SELECT eo.relay_run() AS routed;
+ROLLBACK;
+SELECT count(*) AS waiting FROM eo.outbox;
+
 -- Clean up.
 SELECT eo.drop_destination('rot_fast');
 SELECT eo.drop_destination('rot_slow');

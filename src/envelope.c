@@ -64,6 +64,18 @@ eo_iso_timestamp(TimestampTz ts)
 	return pstrdup(text);
 }
 
+/*
+ * Append a string that needs no JSON escaping (the text forms of uuids and
+ * timestamps: hex digits, digits and "-:.TZ") as a JSON string.
+ */
+static void
+append_plain_string(StringInfo buf, const char *text)
+{
+	appendStringInfoChar(buf, '"');
+	appendStringInfoString(buf, text);
+	appendStringInfoChar(buf, '"');
+}
+
 /* Append a timestamptz as an ISO 8601 string in UTC. */
 static void
 append_timestamp(StringInfo buf, TimestampTz ts)
@@ -79,7 +91,7 @@ append_timestamp(StringInfo buf, TimestampTz ts)
 	}
 	EncodeDateTime(&tm, fsec, false, 0, NULL, USE_XSD_DATES, text);
 	strlcat(text, "Z", sizeof(text));
-	escape_json(buf, text);
+	append_plain_string(buf, text);
 }
 
 static void
@@ -88,7 +100,7 @@ append_common(StringInfo buf, const EoMessage *msg, bool with_headers)
 	char	   *id = eo_uuid_to_cstring(&msg->id);
 
 	appendStringInfoString(buf, "{\"id\": ");
-	escape_json(buf, id);
+	append_plain_string(buf, id);
 	appendStringInfoString(buf, ", \"topic\": ");
 	escape_json(buf, msg->topic);
 	appendStringInfoString(buf, ", \"key\": ");
