@@ -145,28 +145,6 @@ uuid_order(const void *a, const void *b)
 }
 
 /*
- * A column of the claimed rows as an array of "type" (nulls kept), in the
- * current context; the values are copied out of SPI's result.
- */
-static Datum
-claimed_column(SPITupleTable *claimed, uint64 n, int column, Oid type)
-{
-	Datum	   *values = palloc(sizeof(Datum) * n);
-	bool	   *nulls = palloc(sizeof(bool) * n);
-	int			dims[1] = {(int) n};
-	int			lbs[1] = {1};
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	for (uint64 i = 0; i < n; i++)
-		values[i] = SPI_getbinval(claimed->vals[i], claimed->tupdesc, column, &nulls[i]);
-	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, type,
-											  typlen, typbyval, typalign));
-}
-
-/*
  * delete_claimed
  *		Delete the claimed rows of eo.outbox, found by the ctids the claim
  *		read in one TID scan (no index probe; a TID lookup per row would
@@ -181,12 +159,17 @@ delete_claimed(SPITupleTable *claimed, uint64 n)
 	Oid			types[1] = {TIDARRAYOID};
 	Datum		values[1];
 	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
+	Datum	   *tids = palloc(sizeof(Datum) * n);
 	pg_uuid_t  *deleted;
 	bool		isnull;
 
 	for (uint64 i = 0; i < n; i++)
+	{
 		ids[i] = *DatumGetUUIDP(SPI_getbinval(claimed->vals[i], claimed->tupdesc, 1, &isnull));
-	values[0] = claimed_column(claimed, n, LOG_CLAIM_CTID, TIDOID);
+		tids[i] = SPI_getbinval(claimed->vals[i], claimed->tupdesc, LOG_CLAIM_CTID, &isnull);
+	}
+	values[0] = PointerGetDatum(construct_array(tids, (int) n, TIDOID, sizeof(ItemPointerData),
+												false, TYPALIGN_SHORT));
 	eo_relay_prepare(&plan_delete,
 					 "DELETE FROM eo.outbox WHERE ctid = ANY ($1) RETURNING id",
 					 1, types);
@@ -232,9 +215,9 @@ current_slot(void)
  *		them, route them with the current configuration (read after the
  *		claim, so that it includes every change the claim could see; see
  *		relay_config.c) and move them to the log (log_write.c).  The
- *		caller holds the routing lock.  Returns how many, with the messages in *out and the
- *		configuration used in *config (current context; the messages point
- *		into SPI's result, valid until SPI_finish()).
+ *		caller holds the routing lock.  Returns how many, with the messages
+ *		in *out and the configuration used in *config (current context; the
+ *		messages point into SPI's result, valid until SPI_finish()).
  */
 int
 eo_log_route(int limit, const RelayConfig **config, LogMessage **out)
